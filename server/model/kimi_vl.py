@@ -93,12 +93,6 @@ class KimiVLForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
         kh, kw = self.config.vision_config.merge_kernel_size
         return features.split([h * w // (kh * kw) for h, w in grids])
 
-    def embed_input_ids(self, input_ids: torch.Tensor, multimodal_embeddings=None, **kwargs):  # type: ignore[no-untyped-def,override]
-        embed = self.language_model.model.embed_tokens
-        if multimodal_embeddings is None or len(multimodal_embeddings) == 0:
-            return embed(input_ids)
-        return super().embed_input_ids(input_ids, multimodal_embeddings, **kwargs)
-
     # -- decoder -----------------------------------------------------------------------------
 
     def forward(

@@ -1,0 +1,185 @@
+"""The narrow engine contract the API layer uses (after TGI's one typed generate interface).
+
+The API builds a `GenerateRequest` (token ids + decoded media + `SamplingOptions`, all plain
+Python) and consumes `GenerateOutput` steps. The vLLM AsyncLLM adapter implements `Engine`;
+unit tests can stand in a fake. Nothing here imports vLLM.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+FinishReason = Literal["stop", "length", "abort", "error"]
+
+
+class EngineDeadError(RuntimeError):
+    """The engine stopped (crashed or shut down); no request can be served until a restart."""
+
+
+class PromptTooLongError(ValueError):
+    """The prompt (after media expansion) plus the requested output exceeds max_model_len."""
+
+    def __init__(self, num_prompt_tokens: int, max_model_len: int, max_tokens: int | None = None):
+        self.num_prompt_tokens = num_prompt_tokens
+        self.max_model_len = max_model_len
+        self.max_tokens = max_tokens
+        asked = f" plus {max_tokens} output tokens" if max_tokens else ""
+        super().__init__(
+            f"This model's maximum context length is {max_model_len} tokens; the prompt has "
+            f"{num_prompt_tokens} tokens{asked}."
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingOptions:
+    """OpenAI sampling fields as plain values, after request defaults are applied.
+
+    Conventions follow vLLM's SamplingParams so the adapter maps them one to one: `top_k` 0
+    disables top-k; `max_tokens` None means "up to max_model_len"; `top_logprobs` is the number
+    of alternatives per token and only matters when `logprobs` is true.
+    """
+
+    n: int = 1
+    max_tokens: int | None = None
+    min_tokens: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logprobs: bool = False
+    top_logprobs: int = 0
+    logit_bias: Mapping[int, float] | None = None
+    json_schema: Mapping[str, Any] | None = None  # response_format json_schema
+    json_object: bool = False  # response_format json_object
+    skip_special_tokens: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateRequest:
+    request_id: str
+    prompt_token_ids: Sequence[int]
+    sampling: SamplingOptions
+    # {"image": [PIL.Image, ...]} in prompt order, one `<|media_pad|>` per image in the prompt.
+    multi_modal_data: Mapping[str, Any] | None = None
+    arrival_time: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True, slots=True)
+class TopLogprob:
+    token_id: int
+    token: str
+    logprob: float
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """The sampled token's logprob and the `top_logprobs` most likely alternatives."""
+
+    token_id: int
+    token: str
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StepTimings:
+    """Engine-side timestamps (time.time() seconds) of the request, when the engine knows them."""
+
+    arrival_time: float
+    first_token_time: float | None = None
+    queue_seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateOutput:
+    """One engine step for one choice: only what is new since the previous step of that choice.
+
+    `num_completion_tokens` is cumulative for the choice, so the last output gives the usage.
+    `finish_reason` is set on the choice's final output and None before it.
+    """
+
+    index: int
+    text_delta: str
+    token_ids: tuple[int, ...]
+    num_prompt_tokens: int
+    num_completion_tokens: int
+    num_cached_tokens: int = 0
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    finish_reason: FinishReason | None = None
+    stop_reason: str | int | None = None  # the stop string or token id that ended the choice
+    timings: StepTimings | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What /v1/models and the prompt builder need to know about the served checkpoint."""
+
+    name: str  # served model name
+    root: str  # HF id or local path the weights came from
+    max_model_len: int
+    reasoning: bool  # outputs ◁think▷…◁/think▷ to be split into reasoning_content
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+class Tokenizer(Protocol):
+    """The slice of the checkpoint tokenizer the front end uses."""
+
+    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+
+    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = ...) -> str: ...
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """The one interface between the HTTP layer and the inference engine."""
+
+    @property
+    def tokenizer(self) -> Tokenizer: ...
+
+    @property
+    def max_model_len(self) -> int: ...
+
+    @property
+    def model_info(self) -> ModelInfo: ...
+
+    async def start(self) -> None:
+        """Load the model and start serving; returns when ready (or raises)."""
+        ...
+
+    async def stop(self) -> None:
+        """Abort in-flight requests and release the engine."""
+        ...
+
+    def is_alive(self) -> bool:
+        """False once the engine has died; /health turns red."""
+        ...
+
+    def is_ready(self) -> bool:
+        """True once start() finished and the engine accepts requests; /ready."""
+        ...
+
+    def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateOutput]:
+        """Stream outputs of all `n` choices, interleaved, until every choice finished.
+
+        An async generator (hence no `async def` here): closing it early must abort the request.
+        Raises PromptTooLongError before the first output, EngineDeadError if the engine dies.
+        """
+        ...
+
+    async def abort(self, request_id: str) -> None:
+        """Stop a request (client went away); its generator ends with finish_reason 'abort'."""
+        ...

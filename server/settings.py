@@ -1,0 +1,312 @@
+"""The one Settings object: CLI > environment (`KIMI_VL_*`) > preset file > defaults.
+
+This is the only module that reads `os.environ`. Everything downstream (app, engine adapter,
+media limits) receives a `Settings` instance. Preset files are flat YAML maps whose keys are the
+field names below; a preset is named by `preset` (CLI or `KIMI_VL_PRESET`).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+ENV_PREFIX = "KIMI_VL_"
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+TINY_MODEL_NAME = "kimi-vl-tiny"
+# Pillow refuses images above 2 * Image.MAX_IMAGE_PIXELS before we can apply our own cap, so a
+# larger setting could never take effect; keep the limit honest instead of silently ignoring it.
+PILLOW_HARD_PIXEL_LIMIT = 2 * 89_478_485
+
+# Fields with no CLI flag (environment only).
+ENV_ONLY_FIELDS = frozenset({"prometheus_multiproc_dir"})
+# Fields whose flag is not simply `--field-name`; the first spelling is the canonical one.
+FLAG_SPELLINGS: dict[str, tuple[str, ...]] = {
+    "api_keys": ("--api-key",),
+    "limit_images_per_request": ("--limit-images-per-request", "--max-images-per-request"),
+}
+
+
+class InvalidSettings(ValueError):
+    """A setting from any source (CLI, environment, preset) is invalid; the message says which."""
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("kimi-vl-server")
+    except importlib.metadata.PackageNotFoundError:  # running from a bare source tree
+        return "dev"
+
+
+def _default_tiny_dir() -> Path:
+    return Path.home() / ".cache" / "kimi-vl-server" / f"tiny-{_package_version()}"
+
+
+def resolve_preset_path(preset: str) -> Path:
+    """Map a preset name (`tiny`, `kimi-vl-a3b-thinking`) or a YAML path to an existing file."""
+    candidate = Path(preset).expanduser()
+    if candidate.suffix in (".yaml", ".yml") or candidate.parent != Path("."):
+        if candidate.is_file():
+            return candidate
+        raise InvalidSettings(f"preset file not found: {preset}")
+    named = CONFIGS_DIR / f"{preset}.yaml"
+    if named.is_file():
+        return named
+    known = ", ".join(available_presets()) or "none"
+    raise InvalidSettings(f"unknown preset {preset!r} (available: {known}; or give a YAML path)")
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
+
+
+def load_preset(preset: str) -> dict[str, Any]:
+    """Read a preset file; its keys must be Settings field names."""
+    path = resolve_preset_path(preset)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise InvalidSettings(f"preset {path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InvalidSettings(f"preset {path} must be a mapping of setting names to values")
+    unknown = sorted(set(data) - set(Settings.model_fields) - {"preset"})
+    if unknown:
+        raise InvalidSettings(f"preset {path} has unknown keys: {', '.join(unknown)}")
+    data.pop("preset", None)  # a preset cannot chain to another preset
+    return data
+
+
+class _PresetSource(PydanticBaseSettingsSource):
+    """Lowest-priority source above the defaults: values from the preset file.
+
+    It runs after the CLI (init kwargs) and environment sources, so `current_state` already holds
+    the preset name chosen by either of them.
+    """
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ returns the whole mapping
+
+    def __call__(self) -> dict[str, Any]:
+        preset = self.current_state.get("preset")
+        return load_preset(str(preset)) if preset else {}
+
+
+def _split_list(value: Any) -> Any:
+    """Accept `a,b` (environment) as well as lists (CLI, YAML); drop empty items."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else value
+    if isinstance(items, list | tuple):
+        return [str(v).strip() for v in items if str(v).strip()]
+    return items
+
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Every knob of the server. Field `x_y` has flag `--x-y` and variable `KIMI_VL_X_Y`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        case_sensitive=False,
+        extra="forbid",
+        validate_default=True,
+        populate_by_name=True,
+    )
+
+    # -- model and preset ---------------------------------------------------------------------
+    model: str | None = Field(
+        None, description="HF model id or local checkpoint dir; unset = the tiny CPU checkpoint"
+    )
+    preset: str | None = Field(None, description="preset name in configs/ or a YAML file path")
+    served_model_name: str | None = Field(None, description="model name clients send and see")
+    tiny_checkpoint_dir: Path = Field(
+        default_factory=_default_tiny_dir, description="cache folder of the tiny checkpoint"
+    )
+
+    # -- HTTP ---------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", min_length=1, description="address to bind")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port to bind")
+    api_keys: CommaList = Field(
+        default_factory=list, description="accepted Bearer keys (repeatable); none = no auth"
+    )
+    open_health_and_metrics: bool = Field(
+        True, description="serve /health and /metrics without an API key"
+    )
+    cors_origins: CommaList = Field(default_factory=list, description="allowed CORS origins")
+    max_request_body_bytes: int = Field(64 * 2**20, ge=1024, description="request body cap")
+    max_queued_requests: int = Field(
+        256, ge=1, description="requests waiting for the engine before 503"
+    )
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        "info", description="log level"
+    )
+
+    # -- engine ---------------------------------------------------------------------------------
+    max_model_len: int | None = Field(None, ge=16, description="context length (prompt + output)")
+    tensor_parallel_size: int = Field(1, ge=1, description="tensor-parallel ranks")
+    pipeline_parallel_size: int = Field(1, ge=1, description="pipeline-parallel stages")
+    data_parallel_size: int = Field(1, ge=1, description="data-parallel engine replicas")
+    max_num_seqs: int | None = Field(None, ge=1, description="max sequences per engine step")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="weight/activation dtype"
+    )
+    enforce_eager: bool = Field(False, description="disable CUDA graphs / compilation")
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0.0, le=1.0, description="fraction of accelerator memory vLLM may use"
+    )
+    kv_cache_space_gib: float | None = Field(
+        None, gt=0.0, description="KV cache size in GiB on CPU (VLLM_CPU_KVCACHE_SPACE)"
+    )
+    prometheus_multiproc_dir: str | None = Field(
+        None,
+        validation_alias=AliasChoices("prometheus_multiproc_dir", "PROMETHEUS_MULTIPROC_DIR"),
+        description="prometheus_client multiprocess folder (set by vLLM with several API servers)",
+    )
+
+    # -- media ----------------------------------------------------------------------------------
+    limit_images_per_request: int = Field(
+        64, ge=0, le=512, description="max images (incl. video frames) per request"
+    )
+    max_image_pixels: int = Field(
+        50_000_000,
+        ge=1,
+        le=PILLOW_HARD_PIXEL_LIMIT,
+        description="max decoded width*height of one image (checked before decoding)",
+    )
+    media_fetch_timeout: float = Field(
+        10.0, gt=0.0, le=600.0, description="seconds to fetch one media URL"
+    )
+    max_media_bytes: int = Field(20 * 2**20, ge=1, description="max bytes of one media item")
+    allowed_media_hosts: CommaList = Field(
+        default_factory=list,
+        description="host names fetched even when they resolve to private addresses",
+    )
+    allowed_local_media_path: Path | None = Field(
+        None, description="directory whose files may be used as file:// media"
+    )
+
+    # -- generation defaults (from the preset) ---------------------------------------------------
+    enable_reasoning: bool | None = Field(
+        None, description="split ◁think▷…◁/think▷ into reasoning_content; unset = preset"
+    )
+    default_temperature: float | None = Field(
+        None, ge=0.0, le=2.0, description="temperature when a request has none"
+    )
+    default_top_p: float | None = Field(
+        None, gt=0.0, le=1.0, description="top_p when a request has none"
+    )
+    default_max_tokens: int | None = Field(
+        None, ge=1, description="max_tokens when a request has none"
+    )
+    in_token_limit: int | None = Field(
+        None, ge=1, description="override the image processor's in_token_limit"
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Highest priority first. No dotenv / secrets files: one place for configuration.
+        return (init_settings, env_settings, _PresetSource(settings_cls))
+
+    @field_validator("api_keys", "cors_origins", "allowed_media_hosts", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("allowed_media_hosts")
+    @classmethod
+    def _hosts_lowercase(cls, value: list[str]) -> list[str]:
+        return [h.lower().rstrip(".").strip("[]") for h in value]
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("model", "served_model_name", "preset", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("allowed_local_media_path")
+    @classmethod
+    def _existing_dir(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        resolved = Path(value).expanduser().resolve()
+        if not resolved.is_dir():
+            raise ValueError(f"{value} is not an existing directory")
+        return resolved
+
+    @field_validator("tiny_checkpoint_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return Path(value).expanduser()
+
+    @property
+    def uses_tiny_checkpoint(self) -> bool:
+        """No model given: the server serves the tiny checkpoint from `tiny_checkpoint_dir`."""
+        return self.model is None
+
+    @property
+    def model_name(self) -> str:
+        """The name clients use in `model` and see in `/v1/models`."""
+        return self.served_model_name or self.model or TINY_MODEL_NAME
+
+
+def flag_spellings(field_name: str) -> tuple[str, ...]:
+    return FLAG_SPELLINGS.get(field_name, ("--" + field_name.replace("_", "-"),))
+
+
+def env_var(field_name: str) -> str:
+    if field_name == "prometheus_multiproc_dir":
+        return "PROMETHEUS_MULTIPROC_DIR"
+    return ENV_PREFIX + field_name.upper()
+
+
+def _describe_error(err: Mapping[str, Any]) -> str:
+    loc = err.get("loc") or ()
+    name = str(loc[0]) if loc else ""
+    if name in Settings.model_fields:
+        where = f"{flag_spellings(name)[0]} / {env_var(name)} / preset key {name!r}"
+    else:
+        where = name or "settings"
+    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    if name != "api_keys" and err.get("type") != "missing" and "input" in err:
+        msg = f"{msg} (got {err['input']!r})"
+    return f"{where}: {msg}"
+
+
+def load_settings(cli_overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Build Settings from CLI values (highest priority), the environment and the preset file.
+
+    Raises InvalidSettings with a message naming the flag and variable of each bad value.
+    """
+    try:
+        return Settings(**dict(cli_overrides or {}))
+    except ValidationError as exc:
+        raise InvalidSettings("; ".join(_describe_error(e) for e in exc.errors())) from None
+    except SettingsError as exc:  # e.g. a malformed environment value pydantic-settings parses
+        raise InvalidSettings(str(exc)) from None

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import binascii
 import os
+import re
 import stat
 import time
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from server.settings import Settings
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _WHITESPACE = str.maketrans("", "", " \t\r\n")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 # Large data: URLs are decoded off the event loop; small ones are not worth a thread hop.
 _INLINE_DECODE_LIMIT = 256 * 1024
 _HTTPCORE_ERRORS = (
@@ -112,6 +114,9 @@ def decode_data_url(url: str, max_bytes: int) -> bytes:
         compact = payload.translate(_WHITESPACE)
         if len(compact) // 4 * 3 > max_bytes + 2:  # decoded size, checked before decoding
             raise _too_large(max_bytes)
+        # b64decode(validate=True) still accepts excess padding; require canonical form.
+        if len(compact) % 4 or not _BASE64.fullmatch(compact):
+            raise InvalidImageURL("The data URL does not contain valid base64.")
         try:
             data = base64.b64decode(compact, validate=True)
         except (binascii.Error, ValueError) as exc:
@@ -152,7 +157,7 @@ def read_local_file(url: str, limits: MediaLimits) -> bytes:
         fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as exc:
         raise MediaFetchFailed("The local media file cannot be opened.") from exc
-    with os.fdopen(fd, "rb") as handle:
+    try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise InvalidImageURL("The local media path is not a regular file.")
@@ -165,7 +170,12 @@ def read_local_file(url: str, limits: MediaLimits) -> bytes:
             )
         if info.st_size > limits.max_bytes:
             raise _too_large(limits.max_bytes)
-        data = handle.read(limits.max_bytes + 1)
+        with os.fdopen(fd, "rb") as handle:
+            fd = -1  # owned by the file object now
+            data = handle.read(limits.max_bytes + 1)
+    finally:
+        if fd >= 0:
+            os.close(fd)
     if len(data) > limits.max_bytes:  # the file grew after fstat
         raise _too_large(limits.max_bytes)
     return data

@@ -8,6 +8,7 @@ SUPPRESS defaults), which is what lets the environment and the preset fill in th
 from __future__ import annotations
 
 import argparse
+import sys
 import types
 import typing
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from server.settings import (
     env_var,
     flag_spellings,
     load_settings,
+    unknown_environment_variables,
 )
 
 PROG = "kimi-vl-serve"
@@ -92,6 +94,9 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     for name, value in overrides.items():
         if isinstance(value, list):  # `--api-key a --api-key b,c` -> [a, b, c]
             overrides[name] = [item for v in value for item in v.split(",")]
+    unknown = unknown_environment_variables()
+    if unknown:
+        sys.stderr.write(f"{PROG}: warning: ignoring unknown variables: {', '.join(unknown)}\n")
     try:
         return load_settings(overrides)
     except InvalidSettings as exc:

@@ -73,7 +73,8 @@ IMAGE_TOKENS_PER_REQUEST = Histogram(
     buckets=_TOKEN_BUCKETS,
 )
 VIDEO_FRAMES_PER_REQUEST = Histogram(
-    "kimi_vl_video_frames_per_request", "Video frames sampled for one request.",
+    "kimi_vl_video_frames_per_request",
+    "Video frames sampled for one request.",
     buckets=_COUNT_BUCKETS,
 )
 REJECTED_REQUESTS = Counter(

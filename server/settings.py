@@ -8,6 +8,7 @@ field names below; a preset is named by `preset` (CLI or `KIMI_VL_PRESET`).
 from __future__ import annotations
 
 import importlib.metadata
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -131,91 +132,102 @@ class Settings(BaseSettings):
 
     # -- model and preset ---------------------------------------------------------------------
     model: str | None = Field(
-        None, description="HF model id or local checkpoint dir; unset = the tiny CPU checkpoint"
+        default=None,
+        description="HF model id or local checkpoint dir; unset = the tiny CPU checkpoint",
     )
-    preset: str | None = Field(None, description="preset name in configs/ or a YAML file path")
-    served_model_name: str | None = Field(None, description="model name clients send and see")
+    preset: str | None = Field(
+        default=None, description="preset name in configs/ or a YAML file path"
+    )
+    served_model_name: str | None = Field(
+        default=None, description="model name clients send and see"
+    )
     tiny_checkpoint_dir: Path = Field(
         default_factory=_default_tiny_dir, description="cache folder of the tiny checkpoint"
     )
 
     # -- HTTP ---------------------------------------------------------------------------------
-    host: str = Field("127.0.0.1", min_length=1, description="address to bind")
-    port: int = Field(8000, ge=1, le=65535, description="TCP port to bind")
+    host: str = Field(default="127.0.0.1", min_length=1, description="address to bind")
+    port: int = Field(default=8000, ge=1, le=65535, description="TCP port to bind")
     api_keys: CommaList = Field(
         default_factory=list, description="accepted Bearer keys (repeatable); none = no auth"
     )
     open_health_and_metrics: bool = Field(
-        True, description="serve /health and /metrics without an API key"
+        default=True, description="serve /health and /metrics without an API key"
     )
     cors_origins: CommaList = Field(default_factory=list, description="allowed CORS origins")
-    max_request_body_bytes: int = Field(64 * 2**20, ge=1024, description="request body cap")
+    max_request_body_bytes: int = Field(default=64 * 2**20, ge=1024, description="request body cap")
     max_queued_requests: int = Field(
-        256, ge=1, description="requests waiting for the engine before 503"
+        default=256, ge=1, description="requests waiting for the engine before 503"
     )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
-        "info", description="log level"
+        default="info", description="log level"
     )
 
     # -- engine ---------------------------------------------------------------------------------
-    max_model_len: int | None = Field(None, ge=16, description="context length (prompt + output)")
-    tensor_parallel_size: int = Field(1, ge=1, description="tensor-parallel ranks")
-    pipeline_parallel_size: int = Field(1, ge=1, description="pipeline-parallel stages")
-    data_parallel_size: int = Field(1, ge=1, description="data-parallel engine replicas")
-    max_num_seqs: int | None = Field(None, ge=1, description="max sequences per engine step")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        "auto", description="weight/activation dtype"
+    max_model_len: int | None = Field(
+        default=None, ge=16, description="context length (prompt + output)"
     )
-    enforce_eager: bool = Field(False, description="disable CUDA graphs / compilation")
+    tensor_parallel_size: int = Field(default=1, ge=1, description="tensor-parallel ranks")
+    pipeline_parallel_size: int = Field(default=1, ge=1, description="pipeline-parallel stages")
+    data_parallel_size: int = Field(default=1, ge=1, description="data-parallel engine replicas")
+    max_num_seqs: int | None = Field(
+        default=None, ge=1, description="max sequences per engine step"
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="auto", description="weight/activation dtype"
+    )
+    enforce_eager: bool = Field(default=False, description="disable CUDA graphs / compilation")
     gpu_memory_utilization: float = Field(
-        0.9, gt=0.0, le=1.0, description="fraction of accelerator memory vLLM may use"
+        default=0.9, gt=0.0, le=1.0, description="fraction of accelerator memory vLLM may use"
     )
     kv_cache_space_gib: float | None = Field(
-        None, gt=0.0, description="KV cache size in GiB on CPU (VLLM_CPU_KVCACHE_SPACE)"
+        default=None, gt=0.0, description="KV cache size in GiB on CPU (VLLM_CPU_KVCACHE_SPACE)"
     )
     prometheus_multiproc_dir: str | None = Field(
-        None,
+        default=None,
         validation_alias=AliasChoices("prometheus_multiproc_dir", "PROMETHEUS_MULTIPROC_DIR"),
         description="prometheus_client multiprocess folder (set by vLLM with several API servers)",
     )
 
     # -- media ----------------------------------------------------------------------------------
     limit_images_per_request: int = Field(
-        64, ge=0, le=512, description="max images (incl. video frames) per request"
+        default=64, ge=0, le=512, description="max images (incl. video frames) per request"
     )
     max_image_pixels: int = Field(
-        50_000_000,
+        default=50_000_000,
         ge=1,
         le=PILLOW_HARD_PIXEL_LIMIT,
         description="max decoded width*height of one image (checked before decoding)",
     )
     media_fetch_timeout: float = Field(
-        10.0, gt=0.0, le=600.0, description="seconds to fetch one media URL"
+        default=10.0, gt=0.0, le=600.0, description="seconds to fetch one media URL"
     )
-    max_media_bytes: int = Field(20 * 2**20, ge=1, description="max bytes of one media item")
+    max_media_bytes: int = Field(
+        default=20 * 2**20, ge=1, description="max bytes of one media item"
+    )
     allowed_media_hosts: CommaList = Field(
         default_factory=list,
         description="host names fetched even when they resolve to private addresses",
     )
     allowed_local_media_path: Path | None = Field(
-        None, description="directory whose files may be used as file:// media"
+        default=None, description="directory whose files may be used as file:// media"
     )
 
     # -- generation defaults (from the preset) ---------------------------------------------------
     enable_reasoning: bool | None = Field(
-        None, description="split ◁think▷…◁/think▷ into reasoning_content; unset = preset"
+        default=None, description="split ◁think▷…◁/think▷ into reasoning_content; unset = preset"
     )
     default_temperature: float | None = Field(
-        None, ge=0.0, le=2.0, description="temperature when a request has none"
+        default=None, ge=0.0, le=2.0, description="temperature when a request has none"
     )
     default_top_p: float | None = Field(
-        None, gt=0.0, le=1.0, description="top_p when a request has none"
+        default=None, gt=0.0, le=1.0, description="top_p when a request has none"
     )
     default_max_tokens: int | None = Field(
-        None, ge=1, description="max_tokens when a request has none"
+        default=None, ge=1, description="max_tokens when a request has none"
     )
     in_token_limit: int | None = Field(
-        None, ge=1, description="override the image processor's in_token_limit"
+        default=None, ge=1, description="override the image processor's in_token_limit"
     )
 
     @classmethod
@@ -297,6 +309,14 @@ def _describe_error(err: Mapping[str, Any]) -> str:
     if name != "api_keys" and err.get("type") != "missing" and "input" in err:
         msg = f"{msg} (got {err['input']!r})"
     return f"{where}: {msg}"
+
+
+def unknown_environment_variables() -> list[str]:
+    """`KIMI_VL_*` variables that match no setting (most likely typos; they are ignored)."""
+    known = {env_var(name) for name in Settings.model_fields}
+    return sorted(
+        k for k in os.environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known
+    )
 
 
 def load_settings(cli_overrides: Mapping[str, Any] | None = None) -> Settings:

@@ -148,8 +148,9 @@ class ServerOverloaded(APIError):
     status_code = 503
     code = "server_overloaded"
 
-    def __init__(self, message: str = "The server is overloaded; retry later.", *,
-                 retry_after_s: int = 1) -> None:
+    def __init__(
+        self, message: str = "The server is overloaded; retry later.", *, retry_after_s: int = 1
+    ) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
 
@@ -224,12 +225,14 @@ def validation_error(errors: Sequence[Mapping[str, Any]]) -> InvalidRequest:
         return InvalidRequest("The request body must be a JSON object.", code="invalid_json")
     if kind == "missing" and msg == "Field required":
         return InvalidRequest(
-            f"Missing required parameter: '{param}'.", param=param,
+            f"Missing required parameter: '{param}'.",
+            param=param,
             code="missing_required_parameter",
         )
     if kind == "extra_forbidden":
         return InvalidRequest(
-            f"Unrecognized request argument supplied: {param}", param=param,
+            f"Unrecognized request argument supplied: {param}",
+            param=param,
             code="unknown_parameter",
         )
     if kind == "unsupported_parameter":
@@ -303,12 +306,16 @@ class UnhandledErrorMiddleware:
             err = InternalError()
             record_rejection(err.code)
             body = json.dumps(err.envelope().model_dump()).encode()
-            await send({
-                "type": "http.response.start",
-                "status": err.status_code,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())],
-            })
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": err.status_code,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": body})
 
 

@@ -23,10 +23,10 @@ def split_reasoning(text: str) -> tuple[str | None, str]:
     """Whole-output split: (reasoning or None when there are no markers, content)."""
     stripped = text.lstrip()
     opened = stripped.startswith(THINK_START)
-    body = stripped[len(THINK_START):] if opened else text
+    body = stripped[len(THINK_START) :] if opened else text
     end = body.find(THINK_END)
     if end >= 0:
-        return body[:end].strip(), body[end + len(THINK_END):].lstrip()
+        return body[:end].strip(), body[end + len(THINK_END) :].lstrip()
     if opened:
         return body.strip(), ""
     return None, text
@@ -40,7 +40,7 @@ def strip_reasoning(text: str) -> str:
     """
     end = text.rfind(THINK_END)
     if end >= 0:
-        return text[end + len(THINK_END):].lstrip()
+        return text[end + len(THINK_END) :].lstrip()
     if text.lstrip().startswith(THINK_START):
         return ""
     return text
@@ -102,7 +102,7 @@ class ReasoningSplitter:
         head = self._pending.lstrip()
         if head.startswith(THINK_START):
             self._state = self._REASONING
-            self._pending = head[len(THINK_START):]
+            self._pending = head[len(THINK_START) :]
             self._strip_leading = True
         elif head and not THINK_START.startswith(head):
             self._state = self._IMPLICIT  # keep the leading whitespace: it may be content
@@ -114,7 +114,7 @@ class ReasoningSplitter:
             self._scanned = max(0, len(self._pending) - len(THINK_END) + 1)
             return ""
         reasoning = self._pending[:end].strip()
-        self._pending = self._pending[end + len(THINK_END):]
+        self._pending = self._pending[end + len(THINK_END) :]
         self._state, self._strip_leading = self._CONTENT, True
         return reasoning
 
@@ -125,7 +125,7 @@ class ReasoningSplitter:
         end = self._pending.find(THINK_END)
         if end >= 0:
             reasoning = self._pending[:end].rstrip()
-            self._pending = self._pending[end + len(THINK_END):]
+            self._pending = self._pending[end + len(THINK_END) :]
             self._state, self._strip_leading = self._CONTENT, True
             return reasoning
         # Hold back a possible start of the end marker, and whitespace that may turn out to
@@ -133,7 +133,7 @@ class ReasoningSplitter:
         held = _partial_suffix(self._pending, THINK_END)
         safe = self._pending[: len(self._pending) - held]
         emit = safe.rstrip()
-        self._pending = self._pending[len(emit):]
+        self._pending = self._pending[len(emit) :]
         return emit
 
     def _content(self) -> str:

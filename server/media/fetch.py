@@ -105,7 +105,7 @@ async def fetch_media(url: str, *, limits: MediaLimits) -> bytes:
 
 def decode_data_url(url: str, max_bytes: int) -> bytes:
     """`data:[<type>][;base64],<payload>` -> bytes; base64 is decoded strictly."""
-    header, sep, payload = url[len("data:"):].partition(",")
+    header, sep, payload = url[len("data:") :].partition(",")
     if not sep:
         raise InvalidImageURL("Malformed data URL: no ',' before the payload.")
     if "base64" in (p.strip().lower() for p in header.split(";")):
@@ -141,8 +141,7 @@ def read_local_file(url: str, limits: MediaLimits) -> bytes:
     """Read a `file://` URL that resolves (symlinks included) to a regular file under the root."""
     if limits.allowed_local_path is None:
         raise MediaHostNotAllowed(
-            "file:// media is disabled; the operator can enable it with "
-            "--allowed-local-media-path."
+            "file:// media is disabled; the operator can enable it with --allowed-local-media-path."
         )
     parts = urlsplit(url)
     if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
@@ -165,9 +164,7 @@ def read_local_file(url: str, limits: MediaLimits) -> bytes:
         # open(); what the descriptor really points at is authoritative.
         proc_link = f"/proc/self/fd/{fd}"
         if os.path.exists(proc_link) and not _inside(os.readlink(proc_link), root):
-            raise MediaHostNotAllowed(
-                "The file is outside the directory allowed for local media."
-            )
+            raise MediaHostNotAllowed("The file is outside the directory allowed for local media.")
         if info.st_size > limits.max_bytes:
             raise _too_large(limits.max_bytes)
         with os.fdopen(fd, "rb") as handle:

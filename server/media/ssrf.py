@@ -107,7 +107,10 @@ class PinnedBackend(httpcore.AsyncNetworkBackend):
         for address in addresses:  # e.g. `localhost` -> ::1 (nothing listening), 127.0.0.1
             try:
                 return await self._inner.connect_tcp(
-                    address, port, timeout=timeout, local_address=local_address,
+                    address,
+                    port,
+                    timeout=timeout,
+                    local_address=local_address,
                     socket_options=socket_options,
                 )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:

@@ -137,16 +137,16 @@ class VideoOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    fps: float | None = Field(None, gt=0.0, le=60.0)
-    max_frames: int | None = Field(None, ge=1, le=512)
-    max_tokens: int | None = Field(None, ge=1)
+    fps: float | None = Field(default=None, gt=0.0, le=60.0)
+    max_frames: int | None = Field(default=None, ge=1, le=512)
+    max_tokens: int | None = Field(default=None, ge=1)
 
 
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     video: VideoOptions | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     include_reasoning: bool = True

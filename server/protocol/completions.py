@@ -25,7 +25,8 @@ def _normalize_prompt(value: Any) -> Any:
         if all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
             return [value]
         if all(
-            isinstance(v, list) and v
+            isinstance(v, list)
+            and v
             and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in v)
             for v in value
         ):
@@ -42,7 +43,7 @@ Prompt = Annotated[list[str] | list[list[int]], BeforeValidator(_normalize_promp
 
 class CompletionRequest(SamplingRequest):
     prompt: Prompt
-    logprobs: int | None = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS)
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     echo: Annotated[bool | None, unsupported(False)] = None
     suffix: Annotated[str | None, unsupported("")] = None
     best_of: Annotated[int | None, unsupported(1)] = None

@@ -47,8 +47,13 @@ def _handler(server_state: MediaServer, image: bytes) -> type[BaseHTTPRequestHan
         def log_message(self, format: str, *args: object) -> None:  # keep test output clean
             pass
 
-        def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
-                  length: bool = True) -> None:
+        def _send(
+            self,
+            status: int,
+            body: bytes = b"",
+            headers: dict[str, str] | None = None,
+            length: bool = True,
+        ) -> None:
             self.send_response(status)
             for name, value in (headers or {}).items():
                 self.send_header(name, value)
@@ -93,12 +98,20 @@ def _handler(server_state: MediaServer, image: bytes) -> type[BaseHTTPRequestHan
     return Handler
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False  # the /slow handler must not hold up teardown
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # Clients that hang up early (timeouts, size caps) are the point of several tests; a
+        # traceback on stderr would only leak into whichever test captures output next.
+        pass
+
+
 @pytest.fixture(scope="module")
 def media_server(png_bytes: bytes) -> Iterator[MediaServer]:
     state = MediaServer(port=0)
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state, png_bytes))
-    httpd.daemon_threads = True
-    httpd.block_on_close = False  # the /slow handler must not hold up teardown
+    httpd = _QuietServer(("127.0.0.1", 0), _handler(state, png_bytes))
     state.port = httpd.server_address[1]
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()

@@ -66,8 +66,11 @@ class EchoEngine:
             for index in range(request.sampling.n):
                 last = step == min(limit, len(prompt))
                 yield GenerateOutput(
-                    index=index, text_delta=chr(token), token_ids=(token,),
-                    num_prompt_tokens=len(prompt), num_completion_tokens=step,
+                    index=index,
+                    text_delta=chr(token),
+                    token_ids=(token,),
+                    num_prompt_tokens=len(prompt),
+                    num_completion_tokens=step,
                     finish_reason=("length" if limit < len(prompt) else "stop") if last else None,
                 )
 
@@ -82,7 +85,8 @@ async def test_stand_in_engine_satisfies_contract() -> None:
     await engine.start()
     assert engine.is_ready()
     request = GenerateRequest(
-        request_id="r1", prompt_token_ids=engine.tokenizer.encode("hey"),
+        request_id="r1",
+        prompt_token_ids=engine.tokenizer.encode("hey"),
         sampling=SamplingOptions(n=2, max_tokens=2, stop=("x",)),
     )
     outputs = [out async for out in engine.generate(request)]

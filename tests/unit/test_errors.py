@@ -81,8 +81,9 @@ def envelope(response: httpx.Response) -> dict[str, object]:
 
 @pytest.mark.asyncio
 async def test_valid_request_passes(client: httpx.AsyncClient) -> None:
-    response = await client.post("/v1/chat/completions", json={"messages": [
-        {"role": "user", "content": "hi"}]})
+    response = await client.post(
+        "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}
+    )
     assert response.status_code == 200 and response.json() == {"messages": 1}
 
 
@@ -90,7 +91,8 @@ async def test_valid_request_passes(client: httpx.AsyncClient) -> None:
 @pytest.mark.parametrize("body", [b"{not json", b'{"messages": [', b"\xff\xfe"])
 async def test_malformed_json(client: httpx.AsyncClient, body: bytes) -> None:
     response = await client.post(
-        "/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+        "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+    )
     assert response.status_code == 400
     error = envelope(response)
     assert error["type"] == "invalid_request_error" and error["code"] == "invalid_json"
@@ -100,16 +102,28 @@ async def test_malformed_json(client: httpx.AsyncClient, body: bytes) -> None:
 @pytest.mark.parametrize("body", [b"[]", b"42", b""])
 async def test_body_not_an_object(client: httpx.AsyncClient, body: bytes) -> None:
     response = await client.post(
-        "/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+        "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+    )
     assert response.status_code == 400
     assert envelope(response)["code"] == "invalid_json"
 
 
 @pytest.mark.asyncio
 async def test_validation_error_is_400_with_dotted_param(client: httpx.AsyncClient) -> None:
-    response = await client.post("/v1/chat/completions", json={"messages": [{
-        "role": "user",
-        "content": [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": 5}]}]})
+    response = await client.post(
+        "/v1/chat/completions",
+        json={
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "a"},
+                        {"type": "image_url", "image_url": 5},
+                    ],
+                }
+            ]
+        },
+    )
     assert response.status_code == 400
     error = envelope(response)
     assert error["param"] == "messages[0].content[1].image_url"
@@ -147,17 +161,22 @@ async def test_unexpected_exception_is_generic_500(
     assert (error["type"], error["code"]) == ("server_error", "internal_error")
     assert "secret" not in response.text and "Traceback" not in response.text
     assert "RuntimeError" not in response.text
-    assert any(r.exc_info and "secret internal detail" in str(r.exc_info[1])
-               for r in caplog.records)  # the details go to the log instead
+    assert any(
+        r.exc_info and "secret internal detail" in str(r.exc_info[1]) for r in caplog.records
+    )  # the details go to the log instead
 
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize(
     ("path", "status", "code", "param"),
-    [("/model", 404, "model_not_found", "model"), ("/auth", 401, "invalid_api_key", None),
-     ("/busy", 503, "server_overloaded", None), ("/dead", 503, "engine_dead", None),
-     ("/too-long", 400, "context_length_exceeded", "messages"),
-     ("/image", 400, "image_too_large", "messages[0].content[1].image_url")],
+    [
+        ("/model", 404, "model_not_found", "model"),
+        ("/auth", 401, "invalid_api_key", None),
+        ("/busy", 503, "server_overloaded", None),
+        ("/dead", 503, "engine_dead", None),
+        ("/too-long", 400, "context_length_exceeded", "messages"),
+        ("/image", 400, "image_too_large", "messages[0].content[1].image_url"),
+    ],
 )
 async def test_domain_errors(
     client: httpx.AsyncClient, path: str, status: int, code: str, param: str | None
@@ -178,14 +197,15 @@ async def test_headers_carried(client: httpx.AsyncClient) -> None:
 def test_sse_error_event() -> None:
     event = sse_error_event(ModelNotFound("x"))
     assert event.startswith("data: ") and event.endswith("\n\n")
-    assert json.loads(event[len("data: "):])["error"]["code"] == "model_not_found"
-    hidden = json.loads(sse_error_event(ValueError("internal path /srv/x"))[len("data: "):])
+    assert json.loads(event[len("data: ") :])["error"]["code"] == "model_not_found"
+    hidden = json.loads(sse_error_event(ValueError("internal path /srv/x"))[len("data: ") :])
     assert hidden["error"]["code"] == "internal_error" and "/srv/x" not in json.dumps(hidden)
 
 
 def test_param_path() -> None:
     assert param_path(("body", "messages", 0, "content", 1, "image_url")) == (
-        "messages[0].content[1].image_url")
+        "messages[0].content[1].image_url"
+    )
     assert param_path(("body", "logit_bias", "abc", "[key]")) == "logit_bias.abc"
     assert param_path(("body",)) is None
     assert param_path(("query", "limit")) == "limit"

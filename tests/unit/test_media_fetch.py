@@ -24,7 +24,9 @@ from tests.unit.conftest import MediaServer
 
 def limits(**overrides: object) -> MediaLimits:
     values: dict[str, object] = {
-        "max_bytes": 1 << 20, "timeout_s": 5.0, "max_image_pixels": 10_000_000,
+        "max_bytes": 1 << 20,
+        "timeout_s": 5.0,
+        "max_image_pixels": 10_000_000,
     }
     values.update(overrides)
     return MediaLimits(**values)  # type: ignore[arg-type]
@@ -255,11 +257,17 @@ async def test_pinned_transport_connects_to_the_pinned_address(
 
 def test_limits_from_settings(tmp_path: Path) -> None:
     settings = Settings(
-        max_media_bytes=1234, media_fetch_timeout=2.5, max_image_pixels=99,
-        allowed_media_hosts=["Assets.Example.", "[::1]"], allowed_local_media_path=str(tmp_path),
+        max_media_bytes=1234,
+        media_fetch_timeout=2.5,
+        max_image_pixels=99,
+        allowed_media_hosts=["Assets.Example.", "[::1]"],
+        allowed_local_media_path=tmp_path,
     )
     lim = MediaLimits.from_settings(settings)
     assert lim == MediaLimits(
-        max_bytes=1234, timeout_s=2.5, max_image_pixels=99,
-        allowed_hosts=frozenset({"assets.example", "::1"}), allowed_local_path=tmp_path.resolve(),
+        max_bytes=1234,
+        timeout_s=2.5,
+        max_image_pixels=99,
+        allowed_hosts=frozenset({"assets.example", "::1"}),
+        allowed_local_path=tmp_path.resolve(),
     )

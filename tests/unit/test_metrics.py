@@ -15,12 +15,19 @@ from prometheus_client import REGISTRY, Counter
 from server import metrics
 
 EXPECTED_NAMES = [
-    "kimi_vl_http_requests_total", "kimi_vl_http_request_duration_seconds",
-    "kimi_vl_time_to_first_token_seconds", "kimi_vl_time_to_first_content_token_seconds",
-    "kimi_vl_media_fetch_seconds", "kimi_vl_media_decode_seconds",
-    "kimi_vl_media_fetched_bytes_total", "kimi_vl_images_per_request",
-    "kimi_vl_image_tokens_per_request", "kimi_vl_video_frames_per_request",
-    "kimi_vl_rejected_requests_total", "kimi_vl_requests_in_flight", "kimi_vl_queued_requests",
+    "kimi_vl_http_requests_total",
+    "kimi_vl_http_request_duration_seconds",
+    "kimi_vl_time_to_first_token_seconds",
+    "kimi_vl_time_to_first_content_token_seconds",
+    "kimi_vl_media_fetch_seconds",
+    "kimi_vl_media_decode_seconds",
+    "kimi_vl_media_fetched_bytes_total",
+    "kimi_vl_images_per_request",
+    "kimi_vl_image_tokens_per_request",
+    "kimi_vl_video_frames_per_request",
+    "kimi_vl_rejected_requests_total",
+    "kimi_vl_requests_in_flight",
+    "kimi_vl_queued_requests",
 ]
 
 
@@ -42,8 +49,9 @@ def test_render_includes_ours_and_vllm(vllm_like_metric: Counter) -> None:
     for name in EXPECTED_NAMES:
         assert f"# TYPE {name.removesuffix('_total')}" in text, name
     assert "vllm:unit_test_requests_total 3.0" in text
-    assert ('kimi_vl_http_requests_total{method="POST",route="/v1/chat/completions",'
-            'status="200"}') in text
+    assert (
+        'kimi_vl_http_requests_total{method="POST",route="/v1/chat/completions",status="200"}'
+    ) in text
     assert 'kimi_vl_rejected_requests_total{reason="invalid_image"}' in text
 
 
@@ -57,7 +65,12 @@ def test_multiprocess_mode(tmp_path: Path) -> None:
     """)
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     for _ in range(2):
-        subprocess.run([sys.executable, "-c", worker], check=True, env=env, timeout=60,
-                       cwd=Path(__file__).resolve().parents[2])
+        subprocess.run(
+            [sys.executable, "-c", worker],
+            check=True,
+            env=env,
+            timeout=60,
+            cwd=Path(__file__).resolve().parents[2],
+        )
     text = metrics.render_metrics(str(tmp_path))[0].decode()
     assert 'kimi_vl_http_requests_total{method="GET",route="/v1/models",status="200"} 2.0' in text

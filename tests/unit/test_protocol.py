@@ -45,31 +45,58 @@ def chat_error(body: dict[str, Any]) -> tuple[str | None, str, str]:
 
 
 def test_full_request() -> None:
-    request = ChatCompletionRequest.model_validate({
-        "model": "kimi", "messages": [
-            {"role": "system", "content": "Be brief."},
-            {"role": "developer", "content": [{"type": "text", "text": "Really."}]},
-            {"role": "user", "content": [
-                {"type": "text", "text": "What is this?"},
-                {"type": "image_url", "image_url": {"url": "https://x.example/a.png",
-                                                    "detail": "high"}},
-                {"type": "image_url", "image_url": "data:image/png;base64,AAAA"},
-                {"type": "video_url", "video_url": {"url": "file:///v.mp4"}},
-            ]},
-            {"role": "assistant", "content": "A cat.", "reasoning_content": "looks feline"},
-            {"role": "user", "content": "Sure?"},
-        ],
-        "temperature": 0.7, "top_p": 0.9, "top_k": 20, "min_p": 0.05, "max_tokens": 10,
-        "max_completion_tokens": 20, "n": 2, "stop": "END", "seed": 7,
-        "presence_penalty": 0.5, "frequency_penalty": -0.5, "repetition_penalty": 1.1,
-        "logprobs": True, "top_logprobs": 5, "logit_bias": {"42": -100, "7": 2.5},
-        "stream": True, "stream_options": {"include_usage": True},
-        "response_format": {"type": "json_schema", "json_schema": {
-            "name": "answer", "schema": {"type": "object"}, "strict": True}},
-        "user": "u1", "video": {"fps": 1, "max_frames": 16, "max_tokens": 4096},
-        "chat_template_kwargs": {"thinking": True}, "include_reasoning": False,
-        "tools": [], "tool_choice": "none", "modalities": ["text"], "store": False,
-    })
+    request = ChatCompletionRequest.model_validate(
+        {
+            "model": "kimi",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "developer", "content": [{"type": "text", "text": "Really."}]},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "What is this?"},
+                        {
+                            "type": "image_url",
+                            "image_url": {"url": "https://x.example/a.png", "detail": "high"},
+                        },
+                        {"type": "image_url", "image_url": "data:image/png;base64,AAAA"},
+                        {"type": "video_url", "video_url": {"url": "file:///v.mp4"}},
+                    ],
+                },
+                {"role": "assistant", "content": "A cat.", "reasoning_content": "looks feline"},
+                {"role": "user", "content": "Sure?"},
+            ],
+            "temperature": 0.7,
+            "top_p": 0.9,
+            "top_k": 20,
+            "min_p": 0.05,
+            "max_tokens": 10,
+            "max_completion_tokens": 20,
+            "n": 2,
+            "stop": "END",
+            "seed": 7,
+            "presence_penalty": 0.5,
+            "frequency_penalty": -0.5,
+            "repetition_penalty": 1.1,
+            "logprobs": True,
+            "top_logprobs": 5,
+            "logit_bias": {"42": -100, "7": 2.5},
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "answer", "schema": {"type": "object"}, "strict": True},
+            },
+            "user": "u1",
+            "video": {"fps": 1, "max_frames": 16, "max_tokens": 4096},
+            "chat_template_kwargs": {"thinking": True},
+            "include_reasoning": False,
+            "tools": [],
+            "tool_choice": "none",
+            "modalities": ["text"],
+            "store": False,
+        }
+    )
     user = request.messages[2]
     assert [p.type for p in user.content] == ["text", "image_url", "image_url", "video_url"]
     assert user.content[1].image_url is not None and user.content[1].image_url.detail == "high"
@@ -92,20 +119,32 @@ def test_minimal_defaults() -> None:
 
 @pytest.mark.parametrize(
     ("fields", "param"),
-    [({"temperature": 2.5}, "temperature"), ({"temperature": -0.1}, "temperature"),
-     ({"top_p": 0}, "top_p"), ({"top_p": 1.01}, "top_p"), ({"n": 0}, "n"), ({"n": 17}, "n"),
-     ({"top_logprobs": 21, "logprobs": True}, "top_logprobs"), ({"max_tokens": 0}, "max_tokens"),
-     ({"presence_penalty": 3}, "presence_penalty"), ({"frequency_penalty": -2.1},
-                                                     "frequency_penalty"),
-     ({"repetition_penalty": 0}, "repetition_penalty"), ({"min_p": 1.5}, "min_p"),
-     ({"top_k": -2}, "top_k"), ({"stop": ["a"] * 17}, "stop"), ({"stop": [""]}, "stop[0]"),
-     ({"logit_bias": {"5": 101}}, "logit_bias.5"), ({"logit_bias": {"x": 1}}, "logit_bias.x"),
-     ({"seed": 2**64}, "seed"), ({"top_logprobs": 2}, "top_logprobs"),
-     ({"stream_options": {"include_usage": True}}, "stream_options"),
-     ({"response_format": {"type": "json_schema"}}, "response_format"),
-     ({"response_format": {"type": "xml"}}, "response_format.type"),
-     ({"video": {"fps": 0}}, "video.fps"), ({"max_completion_tokens": 0},
-                                            "max_completion_tokens")],
+    [
+        ({"temperature": 2.5}, "temperature"),
+        ({"temperature": -0.1}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"top_p": 1.01}, "top_p"),
+        ({"n": 0}, "n"),
+        ({"n": 17}, "n"),
+        ({"top_logprobs": 21, "logprobs": True}, "top_logprobs"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"presence_penalty": 3}, "presence_penalty"),
+        ({"frequency_penalty": -2.1}, "frequency_penalty"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"min_p": 1.5}, "min_p"),
+        ({"top_k": -2}, "top_k"),
+        ({"stop": ["a"] * 17}, "stop"),
+        ({"stop": [""]}, "stop[0]"),
+        ({"logit_bias": {"5": 101}}, "logit_bias.5"),
+        ({"logit_bias": {"x": 1}}, "logit_bias.x"),
+        ({"seed": 2**64}, "seed"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
+        ({"response_format": {"type": "json_schema"}}, "response_format"),
+        ({"response_format": {"type": "xml"}}, "response_format.type"),
+        ({"video": {"fps": 0}}, "video.fps"),
+        ({"max_completion_tokens": 0}, "max_completion_tokens"),
+    ],
 )
 def test_out_of_range(fields: dict[str, Any], param: str) -> None:
     got_param, code, _ = chat_error({"messages": USER, **fields})
@@ -119,22 +158,49 @@ def test_out_of_range(fields: dict[str, Any], param: str) -> None:
         ([{"role": "user"}], "messages[0]"),
         ([{"role": "user", "content": 5}], "messages[0].content"),
         ([{"role": "narrator", "content": "x"}], "messages[0].role"),
-        ([{"role": "user", "content": [{"type": "text", "text": "a"},
-                                       {"type": "image_url", "image_url": 5}]}],
-         "messages[0].content[1].image_url"),
-        ([{"role": "user", "content": [{"type": "text", "text": "a"},
-                                       {"type": "image_url", "image_url": {}}]}],
-         "messages[0].content[1].image_url.url"),
-        ([{"role": "user", "content": [{"type": "image_url",
-                                        "image_url": {"url": "u", "detail": "max"}}]}],
-         "messages[0].content[0].image_url.detail"),
-        ([{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}],
-         "messages[0].content[0].type"),
+        (
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "a"},
+                        {"type": "image_url", "image_url": 5},
+                    ],
+                }
+            ],
+            "messages[0].content[1].image_url",
+        ),
+        (
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "a"},
+                        {"type": "image_url", "image_url": {}},
+                    ],
+                }
+            ],
+            "messages[0].content[1].image_url.url",
+        ),
+        (
+            [
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": "u", "detail": "max"}}],
+                }
+            ],
+            "messages[0].content[0].image_url.detail",
+        ),
+        (
+            [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}],
+            "messages[0].content[0].type",
+        ),
         ([{"role": "user", "content": [{"type": "image_url"}]}], "messages[0].content[0]"),
-        ([{"role": "user", "content": [{"type": "text", "text": "a", "image_url": "u"}]}],
-         "messages[0].content[0]"),
-        ([{"role": "system", "content": [{"type": "image_url", "image_url": "u"}]}],
-         "messages[0]"),
+        (
+            [{"role": "user", "content": [{"type": "text", "text": "a", "image_url": "u"}]}],
+            "messages[0].content[0]",
+        ),
+        ([{"role": "system", "content": [{"type": "image_url", "image_url": "u"}]}], "messages[0]"),
     ],
 )
 def test_bad_messages(messages: list[Any], param: str) -> None:
@@ -150,11 +216,19 @@ def test_missing_messages() -> None:
 
 @pytest.mark.parametrize(
     "fields",
-    [{"tools": [{"type": "function", "function": {"name": "f"}}]}, {"tool_choice": "auto"},
-     {"functions": [{"name": "f"}]}, {"function_call": "auto"}, {"parallel_tool_calls": True},
-     {"audio": {"voice": "alloy"}}, {"modalities": ["text", "audio"]},
-     {"prediction": {"type": "content", "content": "x"}}, {"reasoning_effort": "high"},
-     {"store": True}, {"web_search_options": {}}],
+    [
+        {"tools": [{"type": "function", "function": {"name": "f"}}]},
+        {"tool_choice": "auto"},
+        {"functions": [{"name": "f"}]},
+        {"function_call": "auto"},
+        {"parallel_tool_calls": True},
+        {"audio": {"voice": "alloy"}},
+        {"modalities": ["text", "audio"]},
+        {"prediction": {"type": "content", "content": "x"}},
+        {"reasoning_effort": "high"},
+        {"store": True},
+        {"web_search_options": {}},
+    ],
 )
 def test_unsupported_fields_named(fields: dict[str, Any]) -> None:
     (name,) = fields
@@ -164,11 +238,13 @@ def test_unsupported_fields_named(fields: dict[str, Any]) -> None:
 
 
 def test_tool_messages_unsupported() -> None:
-    param, code, _ = chat_error({"messages": [{"role": "tool", "content": "x",
-                                               "tool_call_id": "1"}]})
+    param, code, _ = chat_error(
+        {"messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}]}
+    )
     assert (param, code) == ("messages[0].role", "unsupported_parameter")
-    param, code, _ = chat_error({"messages": [
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]}]})
+    param, code, _ = chat_error(
+        {"messages": [{"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]}]}
+    )
     assert (param, code) == ("messages[0].tool_calls", "unsupported_parameter")
 
 
@@ -187,8 +263,12 @@ def test_echoed_assistant_message_accepted() -> None:
 
 @pytest.mark.parametrize(
     ("prompt", "normalized"),
-    [("hello", ["hello"]), (["a", "b"], ["a", "b"]), ([1, 2, 3], [[1, 2, 3]]),
-     ([[1], [2, 3]], [[1], [2, 3]])],
+    [
+        ("hello", ["hello"]),
+        (["a", "b"], ["a", "b"]),
+        ([1, 2, 3], [[1, 2, 3]]),
+        ([[1], [2, 3]], [[1], [2, 3]]),
+    ],
 )
 def test_completion_prompt_shapes(prompt: Any, normalized: list[Any]) -> None:
     assert CompletionRequest.model_validate({"prompt": prompt}).prompt == normalized
@@ -203,10 +283,16 @@ def test_completion_bad_prompt(prompt: Any) -> None:
 
 def test_completion_fields() -> None:
     request = CompletionRequest.model_validate(
-        {"prompt": "x", "logprobs": 5, "echo": False, "best_of": 1, "stop": ["\n"]})
+        {"prompt": "x", "logprobs": 5, "echo": False, "best_of": 1, "stop": ["\n"]}
+    )
     assert request.logprobs == 5 and request.stop == ["\n"]
-    for fields, param in [({"logprobs": 6}, "logprobs"), ({"echo": True}, "echo"),
-                          ({"suffix": "s"}, "suffix"), ({"best_of": 3}, "best_of")]:
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"logprobs": 6}, "logprobs"),
+        ({"echo": True}, "echo"),
+        ({"suffix": "s"}, "suffix"),
+        ({"best_of": 3}, "best_of"),
+    ]
+    for fields, param in cases:
         with pytest.raises(ValidationError) as info:
             CompletionRequest.model_validate({"prompt": "x", **fields})
         assert validation_error(info.value.errors()).param == param
@@ -215,14 +301,30 @@ def test_completion_fields() -> None:
 def test_responses_serialise_like_openai() -> None:
     usage = Usage.build(10, 5, cached=4, reasoning=3)
     assert usage.total_tokens == 15
-    logprobs = ChoiceLogprobs(content=[ChatCompletionTokenLogprob(
-        token="a", logprob=float("-inf"), bytes=[97],
-        top_logprobs=[TopLogprob(token="a", logprob=float("nan"))])])
+    logprobs = ChoiceLogprobs(
+        content=[
+            ChatCompletionTokenLogprob(
+                token="a",
+                logprob=float("-inf"),
+                bytes=[97],
+                top_logprobs=[TopLogprob(token="a", logprob=float("nan"))],
+            )
+        ]
+    )
     completion = ChatCompletion(
-        id="chatcmpl-1", created=1, model="m", usage=usage,
-        choices=[ChatCompletionChoice(index=0, finish_reason="stop", logprobs=logprobs,
-                                      message=ChatCompletionMessage(content="hi",
-                                                                    reasoning_content="r"))])
+        id="chatcmpl-1",
+        created=1,
+        model="m",
+        usage=usage,
+        choices=[
+            ChatCompletionChoice(
+                index=0,
+                finish_reason="stop",
+                logprobs=logprobs,
+                message=ChatCompletionMessage(content="hi", reasoning_content="r"),
+            )
+        ],
+    )
     data = json.loads(completion.model_dump_json())
     assert data["object"] == "chat.completion"
     assert data["usage"]["completion_tokens_details"] == {"reasoning_tokens": 3}
@@ -230,23 +332,44 @@ def test_responses_serialise_like_openai() -> None:
     token = data["choices"][0]["logprobs"]["content"][0]
     assert token["logprob"] == -9999.0 and token["top_logprobs"][0]["logprob"] == -9999.0
     assert data["choices"][0]["message"] == {
-        "role": "assistant", "content": "hi", "reasoning_content": "r", "refusal": None}
+        "role": "assistant",
+        "content": "hi",
+        "reasoning_content": "r",
+        "refusal": None,
+    }
 
-    chunk = ChatCompletionChunk(id="c", created=1, model="m", choices=[
-        ChatCompletionChunkChoice(index=0, delta=DeltaMessage(reasoning_content="x",
-                                                              reasoning="x"))])
+    chunk = ChatCompletionChunk(
+        id="c",
+        created=1,
+        model="m",
+        choices=[
+            ChatCompletionChunkChoice(
+                index=0, delta=DeltaMessage(reasoning_content="x", reasoning="x")
+            )
+        ],
+    )
     chunk_data = json.loads(chunk.model_dump_json())
     assert chunk_data["choices"][0]["delta"] == {"reasoning_content": "x", "reasoning": "x"}
     assert chunk_data["choices"][0]["finish_reason"] is None  # present, as OpenAI sends it
 
-    legacy = Completion(id="cmpl-1", created=1, model="m",
-                        choices=[CompletionChoice(index=0, text="t", finish_reason="length")])
+    legacy = Completion(
+        id="cmpl-1",
+        created=1,
+        model="m",
+        choices=[CompletionChoice(index=0, text="t", finish_reason="length")],
+    )
     assert json.loads(legacy.model_dump_json())["object"] == "text_completion"
     models = ModelList(data=[ModelCard(id="kimi", created=1, max_model_len=4096)])
     assert json.loads(models.model_dump_json())["data"][0]["object"] == "model"
 
 
 def test_error_envelope_shape() -> None:
-    body = {"error": {"message": "m", "type": "invalid_request_error", "param": "n",
-                      "code": "invalid_value"}}
+    body = {
+        "error": {
+            "message": "m",
+            "type": "invalid_request_error",
+            "param": "n",
+            "code": "invalid_value",
+        }
+    }
     assert ErrorResponse.model_validate(body).model_dump() == body

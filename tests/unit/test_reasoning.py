@@ -26,8 +26,11 @@ CASES: list[tuple[str, str | None, str]] = [
     (f"no opener, thinking{E}\nanswer", "no opener, thinking", "answer"),
     (f"{E}answer", "", "answer"),
     ("plain answer without markers", None, "plain answer without markers"),
-    ("  leading space kept when there are no markers\n", None,
-     "  leading space kept when there are no markers\n"),
+    (
+        "  leading space kept when there are no markers\n",
+        None,
+        "  leading space kept when there are no markers\n",
+    ),
     ("", None, ""),
     ("◁thi", None, "◁thi"),  # a partial opener that never completes is content
     ("◁ not a marker ▷ text", None, "◁ not a marker ▷ text"),

@@ -63,8 +63,12 @@ def test_defaults() -> None:
     ],
 )
 def test_precedence(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-    cli_port: str | None, env_port: str | None, preset_port: int | None, want: int,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    cli_port: str | None,
+    env_port: str | None,
+    preset_port: int | None,
+    want: int,
 ) -> None:
     preset_lines = ["default_temperature: 0.5"]
     if preset_port is not None:
@@ -108,33 +112,54 @@ def test_env_lists_and_bools(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
 
 def test_repeatable_and_comma_flags() -> None:
     settings = cli.parse_settings(
-        ["--api-key", "a", "--api-key", "b,c", "--allowed-media-hosts", "x.example",
-         "--allowed-media-hosts", "y.example", "--cors-origins", "https://a.example"]
+        [
+            "--api-key",
+            "a",
+            "--api-key",
+            "b,c",
+            "--allowed-media-hosts",
+            "x.example",
+            "--allowed-media-hosts",
+            "y.example",
+            "--cors-origins",
+            "https://a.example",
+        ]
     )
     assert settings.api_keys == ["a", "b", "c"]
     assert settings.allowed_media_hosts == ["x.example", "y.example"]
     assert settings.cors_origins == ["https://a.example"]
 
 
-@pytest.mark.parametrize("name", ["tiny", "kimi-vl-a3b-instruct", "kimi-vl-a3b-thinking",
-                                  "kimi-vl-a3b-thinking-2506"])
+@pytest.mark.parametrize(
+    "name", ["tiny", "kimi-vl-a3b-instruct", "kimi-vl-a3b-thinking", "kimi-vl-a3b-thinking-2506"]
+)
 def test_every_preset_loads(name: str) -> None:
     settings = load_settings({"preset": name})
     assert settings.default_max_tokens is not None
 
 
 def test_preset_values() -> None:
-    assert set(available_presets()) >= {"tiny", "kimi-vl-a3b-instruct", "kimi-vl-a3b-thinking",
-                                        "kimi-vl-a3b-thinking-2506"}
+    assert set(available_presets()) >= {
+        "tiny",
+        "kimi-vl-a3b-instruct",
+        "kimi-vl-a3b-thinking",
+        "kimi-vl-a3b-thinking-2506",
+    }
     s2506 = load_settings({"preset": "kimi-vl-a3b-thinking-2506"})
     assert (s2506.model, s2506.default_temperature, s2506.default_max_tokens) == (
-        "moonshotai/Kimi-VL-A3B-Thinking-2506", 0.8, 32768)
+        "moonshotai/Kimi-VL-A3B-Thinking-2506",
+        0.8,
+        32768,
+    )
     assert (s2506.in_token_limit, s2506.max_model_len, s2506.enable_reasoning) == (
-        16384, 131072, True)
+        16384,
+        131072,
+        True,
+    )
     instruct = load_settings({"preset": "kimi-vl-a3b-instruct"})
     assert (instruct.default_temperature, instruct.enable_reasoning) == (0.2, False)
     thinking = load_settings({"preset": "kimi-vl-a3b-thinking"})
-    assert thinking.default_temperature == 0.6 and thinking.default_max_tokens >= 2048
+    assert thinking.default_temperature == 0.6 and (thinking.default_max_tokens or 0) >= 2048
     tiny = load_settings({"preset": "tiny"})
     assert tiny.model is None and tiny.enforce_eager and tiny.kv_cache_space_gib == 1
     assert tiny.max_model_len == 4096 and tiny.gpu_memory_utilization == 0.3
@@ -142,8 +167,12 @@ def test_preset_values() -> None:
 
 @pytest.mark.parametrize(
     ("text", "match"),
-    [("port: [1", "not valid YAML"), ("- a\n- b", "mapping"), ("bogus_key: 1", "bogus_key"),
-     ("port: 0", "--port")],
+    [
+        ("port: [1", "not valid YAML"),
+        ("- a\n- b", "mapping"),
+        ("bogus_key: 1", "bogus_key"),
+        ("port: 0", "--port"),
+    ],
 )
 def test_bad_preset_files(tmp_path: Path, text: str, match: str) -> None:
     with pytest.raises(InvalidSettings, match=match):
@@ -159,7 +188,8 @@ def test_unknown_preset_and_missing_file() -> None:
 
 def test_local_media_path_must_exist(tmp_path: Path) -> None:
     assert load_settings({"allowed_local_media_path": str(tmp_path)}).allowed_local_media_path == (
-        tmp_path.resolve())
+        tmp_path.resolve()
+    )
     with pytest.raises(InvalidSettings, match="allowed-local-media-path"):
         load_settings({"allowed_local_media_path": str(tmp_path / "missing")})
 
@@ -192,8 +222,10 @@ FLAG_CASES: dict[str, tuple[list[str], object]] = {
     "max_image_pixels": (["--max-image-pixels", "1000000"], 1_000_000),
     "media_fetch_timeout": (["--media-fetch-timeout", "2.5"], 2.5),
     "max_media_bytes": (["--max-media-bytes", "1000"], 1000),
-    "allowed_media_hosts": (["--allowed-media-hosts", "a.example,b.example"],
-                            ["a.example", "b.example"]),
+    "allowed_media_hosts": (
+        ["--allowed-media-hosts", "a.example,b.example"],
+        ["a.example", "b.example"],
+    ),
     "allowed_local_media_path": (["--allowed-local-media-path", "/"], Path("/")),
     "enable_reasoning": (["--enable-reasoning"], True),
     "default_temperature": (["--default-temperature", "0.7"], 0.7),
@@ -232,11 +264,22 @@ def test_help_lists_every_flag_and_env_var(capsys: pytest.CaptureFixture[str]) -
 
 @pytest.mark.parametrize(
     "argv",
-    [["--port", "0"], ["--port", "abc"], ["--port", "70000"], ["--max-media-bytes", "-1"],
-     ["--limit-images-per-request", "513"], ["--limit-images-per-request", "-1"],
-     ["--preset", "nope"], ["--dtype", "fp8"], ["--gpu-memory-utilization", "1.5"],
-     ["--media-fetch-timeout", "0"], ["--tensor-parallel-size", "0"], ["--log-level", "loud"],
-     ["--max-image-pixels", "999999999"], ["--no-such-flag"]],
+    [
+        ["--port", "0"],
+        ["--port", "abc"],
+        ["--port", "70000"],
+        ["--max-media-bytes", "-1"],
+        ["--limit-images-per-request", "513"],
+        ["--limit-images-per-request", "-1"],
+        ["--preset", "nope"],
+        ["--dtype", "fp8"],
+        ["--gpu-memory-utilization", "1.5"],
+        ["--media-fetch-timeout", "0"],
+        ["--tensor-parallel-size", "0"],
+        ["--log-level", "loud"],
+        ["--max-image-pixels", "999999999"],
+        ["--no-such-flag"],
+    ],
 )
 def test_bad_values_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
@@ -246,13 +289,22 @@ def test_bad_values_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) 
     assert "error:" in err and "Traceback" not in err
 
 
-def test_bad_env_value_exits_2(monkeypatch: pytest.MonkeyPatch,
-                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_env_value_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("KIMI_VL_PORT", "-5")
     with pytest.raises(SystemExit) as exit_info:
         cli.main([])
     assert exit_info.value.code == 2
     assert "KIMI_VL_PORT" in capsys.readouterr().err
+
+
+def test_unknown_env_var_warned(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("KIMI_VL_PROT", "9000")  # typo of KIMI_VL_PORT
+    assert cli.parse_settings([]).port == 8000
+    assert "KIMI_VL_PROT" in capsys.readouterr().err
 
 
 def test_api_key_values_not_echoed_in_errors(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -274,7 +326,10 @@ def test_python_dash_m_server_bad_flag_exits_2() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KIMI_VL_")}
     result = subprocess.run(
         [sys.executable, "-m", "server", "--port", "abc"],
-        capture_output=True, text=True, timeout=60, env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
         cwd=Path(__file__).resolve().parents[2],
     )
     assert result.returncode == 2

@@ -1,0 +1,80 @@
+"""Fixtures for model tests: tiny checkpoints in the real format, and isolated engine runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from server.model.tiny import write_checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGE = "<|media_start|>image<|media_content|><|media_pad|><|media_end|>"
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt", seed=0)
+
+
+def chat(content: str) -> str:
+    return (
+        "<|im_system|>system<|im_middle|>You are a helpful assistant<|im_end|>"
+        f"<|im_user|>user<|im_middle|>{content}<|im_end|><|im_assistant|>assistant<|im_middle|>"
+    )
+
+
+@pytest.fixture(scope="session")
+def parity_cases(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Text only, one image, and three images of different sizes in one prompt."""
+    from server.model.tokenizer import TikTokenTokenizer
+
+    tok = TikTokenTokenizer.from_pretrained(str(tiny_ckpt))
+
+    def ids(text: str) -> list[int]:
+        return tok.encode(text, add_special_tokens=False)
+
+    cases = [
+        {"name": "text", "prompt_token_ids": ids(chat("Describe the weather in Paris in one sentence.")), "images": []},
+        {"name": "one_image", "prompt_token_ids": ids(chat(IMAGE + "What is this?")), "images": [[224, 168, 1]]},
+        {
+            "name": "three_images",
+            "prompt_token_ids": ids(chat(IMAGE + "a" + IMAGE + "b" + IMAGE + "Compare them.")),
+            "images": [[64, 64, 2], [300, 120, 3], [100, 250, 4]],
+        },
+    ]
+    path = tmp_path_factory.mktemp("cases") / "cases.json"
+    path.write_text(json.dumps(cases))
+    return path
+
+
+RunGenerate = Callable[..., dict]
+
+
+@pytest.fixture(scope="session")
+def run_generate(tiny_ckpt: Path, parity_cases: Path, tmp_path_factory: pytest.TempPathFactory) -> RunGenerate:
+    """Run tests/model/generate_runner.py in a fresh process; results cached per configuration."""
+    cache: dict[tuple, dict] = {}
+
+    def run(impl: str = "ours", dtype: str = "float32", tp: int = 1, max_tokens: int = 32) -> dict:
+        key = (impl, dtype, tp, max_tokens)
+        if key not in cache:
+            out = tmp_path_factory.mktemp("gen") / "out.json"
+            cmd = [
+                sys.executable, "-m", "tests.model.generate_runner", "--model", str(tiny_ckpt),
+                "--impl", impl, "--dtype", dtype, "--tp", str(tp), "--cases", str(parity_cases),
+                "--out", str(out), "--max-tokens", str(max_tokens),
+            ]  # fmt: skip
+            proc = subprocess.run(
+                cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": str(REPO)}
+            )
+            assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}"
+            cache[key] = json.loads(out.read_text())
+        return cache[key]
+
+    return run

@@ -89,7 +89,9 @@ class TextModel(nn.Module):
         self.config = config
         pp = get_pp_group()
         self.embed_tokens: nn.Module = (
-            VocabParallelEmbedding(config.vocab_size, config.hidden_size, prefix=f"{prefix}.embed_tokens")
+            VocabParallelEmbedding(
+                config.vocab_size, config.hidden_size, prefix=f"{prefix}.embed_tokens"
+            )
             if pp.is_first_rank
             else PPMissingLayer()
         )
@@ -99,7 +101,9 @@ class TextModel(nn.Module):
             prefix=f"{prefix}.layers",
         )
         self.norm: nn.Module = (
-            RMSNorm(config.hidden_size, eps=config.rms_norm_eps) if pp.is_last_rank else PPMissingLayer()
+            RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+            if pp.is_last_rank
+            else PPMissingLayer()
         )
         self.make_empty_intermediate_tensors = make_empty_intermediate_tensors_factory(
             ["hidden_states", "residual"], config.hidden_size

@@ -47,7 +47,10 @@ class ImageProcessorConfig:
 
     @property
     def pad_multiple(self) -> tuple[int, int]:
-        return (self.merge_kernel_size[0] * self.patch_size, self.merge_kernel_size[1] * self.patch_size)
+        return (
+            self.merge_kernel_size[0] * self.patch_size,
+            self.merge_kernel_size[1] * self.patch_size,
+        )
 
 
 def resized_size(width: int, height: int, cfg: ImageProcessorConfig) -> tuple[int, int]:
@@ -84,7 +87,9 @@ def check_grid(width: int, height: int, cfg: ImageProcessorConfig) -> tuple[int,
     return gh, gw
 
 
-def preprocess_image(image: Image.Image, cfg: ImageProcessorConfig) -> tuple[np.ndarray, tuple[int, int]]:
+def preprocess_image(
+    image: Image.Image, cfg: ImageProcessorConfig
+) -> tuple[np.ndarray, tuple[int, int]]:
     """One PIL image -> (patches float32 [gh*gw, 3, ps, ps], (gh, gw))."""
     if not cfg.pad_input:
         raise ValueError("pad_input=false is not supported (shipped Kimi-VL configs pad)")

@@ -21,6 +21,7 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import NestedTensors
 from vllm.sequence import IntermediateTensors
 
+from server.model.checkpoint import validate_checkpoint_dir
 from server.model.decoder import LanguageModel
 from server.model.moe import KimiMoE
 from server.model.moonvit import MoonViT
@@ -31,8 +32,12 @@ from server.model.processing import (
     KimiVLProcessingInfo,
 )
 
-_EXPERT = re.compile(r"language_model\.model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight")
-_SHARED = re.compile(r"language_model\.model\.layers\.(\d+)\.mlp\.shared_experts\.(gate_proj|up_proj|down_proj)\.weight")
+_EXPERT = re.compile(
+    r"language_model\.model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight"
+)
+_SHARED = re.compile(
+    r"language_model\.model\.layers\.(\d+)\.mlp\.shared_experts\.(gate_proj|up_proj|down_proj)\.weight"
+)
 _DENSE_MERGED = re.compile(r"(.*\.mlp)\.(gate_proj|up_proj)\.weight")
 
 
@@ -68,6 +73,7 @@ class KimiVLForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
         super().__init__()
         config = vllm_config.model_config.hf_config
         self.config = config
+        self.model_path = vllm_config.model_config.model
         vc, tc = config.vision_config, config.text_config
         kh, kw = vc.merge_kernel_size
         with self._mark_tower_model(vllm_config, "image"):
@@ -75,7 +81,9 @@ class KimiVLForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
             self.multi_modal_projector = Projector(vc.hidden_size, kh * kw, tc.hidden_size)
         with self._mark_language_model(vllm_config):
             self.language_model = LanguageModel(vllm_config, tc, prefix=f"{prefix}language_model")
-        self.make_empty_intermediate_tensors = self.language_model.model.make_empty_intermediate_tensors
+        self.make_empty_intermediate_tensors = (
+            self.language_model.model.make_empty_intermediate_tensors
+        )
 
     # -- multimodal --------------------------------------------------------------------------
 
@@ -113,6 +121,7 @@ class KimiVLForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
     # -- weights -----------------------------------------------------------------------------
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        validate_checkpoint_dir(self.model_path)
         params = dict(self.named_parameters())
         loaded: set[str] = set()
         experts_seen: dict[str, set[tuple[int, str]]] = {}
@@ -125,16 +134,24 @@ class KimiVLForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
                 moe = self._moe(name, int(m[1]))
                 expert = int(m[2])
                 if expert >= moe.w13.shape[0]:
-                    raise CheckpointMismatchError(f"unexpected checkpoint tensor {name!r}: expert {expert} out of range")
+                    raise CheckpointMismatchError(
+                        f"unexpected checkpoint tensor {name!r}: expert {expert} out of range"
+                    )
                 moe.load_expert(expert, m[3], w)
-                experts_seen.setdefault(f"language_model.model.layers.{m[1]}.mlp", set()).add((expert, m[3]))
+                experts_seen.setdefault(f"language_model.model.layers.{m[1]}.mlp", set()).add(
+                    (expert, m[3])
+                )
                 continue
             if m := _SHARED.fullmatch(name):
                 moe = self._moe(name, int(m[1]))
                 if moe.shared_w13 is None:
-                    raise CheckpointMismatchError(f"unexpected checkpoint tensor {name!r}: config has no shared experts")
+                    raise CheckpointMismatchError(
+                        f"unexpected checkpoint tensor {name!r}: config has no shared experts"
+                    )
                 moe.load_shared(m[2], w)
-                experts_seen.setdefault(f"language_model.model.layers.{m[1]}.mlp", set()).add((-1, m[2]))
+                experts_seen.setdefault(f"language_model.model.layers.{m[1]}.mlp", set()).add(
+                    (-1, m[2])
+                )
                 continue
             if (m := _DENSE_MERGED.fullmatch(name)) and f"{m[1]}.gate_up_proj.weight" in params:
                 target = f"{m[1]}.gate_up_proj.weight"
@@ -143,8 +160,13 @@ class KimiVLForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
                 continue
             param = params.get(name)
             if param is None:
-                raise CheckpointMismatchError(f"unexpected checkpoint tensor {name!r}: no such parameter in Kimi-VL")
-            if tuple(param.shape) != tuple(w.shape) and getattr(param, "weight_loader", None) is None:
+                raise CheckpointMismatchError(
+                    f"unexpected checkpoint tensor {name!r}: no such parameter in Kimi-VL"
+                )
+            if (
+                tuple(param.shape) != tuple(w.shape)
+                and getattr(param, "weight_loader", None) is None
+            ):
                 raise CheckpointMismatchError(
                     f"checkpoint tensor {name!r} has shape {tuple(w.shape)}, expected {tuple(param.shape)}"
                 )
@@ -156,11 +178,16 @@ class KimiVLForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
         layers = self.language_model.model.layers
         mlp = layers[layer].mlp if layer < len(layers) else None
         if not isinstance(mlp, KimiMoE):
-            raise CheckpointMismatchError(f"unexpected checkpoint tensor {name!r}: layer {layer} is not an MoE layer")
+            raise CheckpointMismatchError(
+                f"unexpected checkpoint tensor {name!r}: layer {layer} is not an MoE layer"
+            )
         return mlp
 
     def _check_complete(
-        self, params: dict[str, nn.Parameter], loaded: set[str], experts_seen: dict[str, set[tuple[int, str]]]
+        self,
+        params: dict[str, nn.Parameter],
+        loaded: set[str],
+        experts_seen: dict[str, set[tuple[int, str]]],
     ) -> set[str]:
         """Every parameter must have come from the checkpoint; name the first missing tensor."""
         done = set(loaded)
@@ -180,12 +207,16 @@ class KimiVLForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
             for e in range(mlp.w13.shape[0]):
                 for p in projs:
                     if (e, p) not in seen:
-                        raise CheckpointMismatchError(f"checkpoint is missing tensor '{prefix}.experts.{e}.{p}.weight'")
+                        raise CheckpointMismatchError(
+                            f"checkpoint is missing tensor '{prefix}.experts.{e}.{p}.weight'"
+                        )
             done.update({f"{prefix}.w13", f"{prefix}.w2"})
             if mlp.shared_w13 is not None:
                 for p in projs:
                     if (-1, p) not in seen:
-                        raise CheckpointMismatchError(f"checkpoint is missing tensor '{prefix}.shared_experts.{p}.weight'")
+                        raise CheckpointMismatchError(
+                            f"checkpoint is missing tensor '{prefix}.shared_experts.{p}.weight'"
+                        )
                 done.update({f"{prefix}.shared_w13", f"{prefix}.shared_w2"})
         for name in params:
             if name not in done and not is_pp_missing_parameter(name, self):

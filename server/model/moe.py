@@ -23,10 +23,14 @@ class KimiMoE(nn.Module):
     def __init__(self, config, prefix: str = "") -> None:  # type: ignore[no-untyped-def]
         super().__init__()
         if config.hidden_act != "silu":
-            raise ValueError(f"{prefix}: only silu experts are supported, got {config.hidden_act!r}")
+            raise ValueError(
+                f"{prefix}: only silu experts are supported, got {config.hidden_act!r}"
+            )
         if getattr(config, "scoring_func", "sigmoid") != "sigmoid":
             raise ValueError(f"{prefix}: only sigmoid routing is supported")
-        if getattr(config, "n_group", 1) not in (None, 1) or getattr(config, "topk_group", 1) not in (None, 1):
+        if getattr(config, "n_group", 1) not in (None, 1) or getattr(
+            config, "topk_group", 1
+        ) not in (None, 1):
             raise ValueError(f"{prefix}: grouped routing (n_group > 1) is not supported")
         self.tp_size = get_tensor_model_parallel_world_size()
         self.tp_rank = get_tensor_model_parallel_rank()
@@ -34,7 +38,9 @@ class KimiMoE(nn.Module):
         ns = n * (config.n_shared_experts or 0)
         for what, width in (("moe_intermediate_size", n), ("shared expert width", ns)):
             if width % self.tp_size:
-                raise ValueError(f"{what} {width} is not divisible by tensor parallel size {self.tp_size}")
+                raise ValueError(
+                    f"{what} {width} is not divisible by tensor parallel size {self.tp_size}"
+                )
         self.n_local, self.ns_local = n // self.tp_size, ns // self.tp_size
         self.top_k = config.num_experts_per_tok
         self.scaling = float(getattr(config, "routed_scaling_factor", 1.0))
@@ -50,8 +56,12 @@ class KimiMoE(nn.Module):
             self.gate.e_score_correction_bias = None
         self.w13 = nn.Parameter(torch.empty(e, 2 * self.n_local, h), requires_grad=False)
         self.w2 = nn.Parameter(torch.empty(e, h, self.n_local), requires_grad=False)
-        self.shared_w13 = nn.Parameter(torch.empty(2 * self.ns_local, h), requires_grad=False) if ns else None
-        self.shared_w2 = nn.Parameter(torch.empty(h, self.ns_local), requires_grad=False) if ns else None
+        self.shared_w13 = (
+            nn.Parameter(torch.empty(2 * self.ns_local, h), requires_grad=False) if ns else None
+        )
+        self.shared_w2 = (
+            nn.Parameter(torch.empty(h, self.ns_local), requires_grad=False) if ns else None
+        )
         self._packed: MoEWeights | None = None
 
     # -- loading -----------------------------------------------------------------------------

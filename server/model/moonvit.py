@@ -61,13 +61,17 @@ class PatchEmbed(nn.Module):
         if tuple(grid) == tuple(table.shape[:2]):
             return table.flatten(0, 1)
         img = table.permute(2, 0, 1).unsqueeze(0)
-        return F.interpolate(img, size=grid, mode="bicubic").squeeze(0).permute(1, 2, 0).flatten(0, 1)
+        return (
+            F.interpolate(img, size=grid, mode="bicubic").squeeze(0).permute(1, 2, 0).flatten(0, 1)
+        )
 
 
 def rope_cos_sin(grid: Grid, head_dim: int, theta: float, device: torch.device) -> torch.Tensor:
     """[gh*gw, head_dim/2, 2] (cos, sin); complex slot 2i rotates by column*f_i, 2i+1 by row*f_i."""
     gh, gw = grid
-    freqs = 1.0 / theta ** (torch.arange(0, head_dim, 4, device=device)[: head_dim // 4].float() / head_dim)
+    freqs = 1.0 / theta ** (
+        torch.arange(0, head_dim, 4, device=device)[: head_dim // 4].float() / head_dim
+    )
     rows = torch.arange(gh, device=device, dtype=torch.float32).repeat_interleave(gw)
     cols = torch.arange(gw, device=device, dtype=torch.float32).repeat(gh)
     angles = torch.stack([torch.outer(cols, freqs), torch.outer(rows, freqs)], dim=-1).flatten(1)
@@ -103,17 +107,28 @@ class EncoderBlock(nn.Module):
         self.wo = nn.Linear(hidden, hidden)
         self.mlp = MLP(hidden, inner)
         self.attn = MMEncoderAttention(
-            num_heads=heads, head_size=self.head_dim, scale=self.head_dim**-0.5, prefix=f"{prefix}.attn"
+            num_heads=heads,
+            head_size=self.head_dim,
+            scale=self.head_dim**-0.5,
+            prefix=f"{prefix}.attn",
         )
 
     def forward(
-        self, x: torch.Tensor, cos_sin: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: torch.Tensor
+        self,
+        x: torch.Tensor,
+        cos_sin: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        max_seqlen: torch.Tensor,
     ) -> torch.Tensor:
         qkv = self.wqkv(self.norm0(x)).view(x.shape[0], 3, self.heads, self.head_dim)
         q, k, v = qkv.unbind(1)
         q, k = apply_rope(q, cos_sin), apply_rope(k, cos_sin)
         attn = self.attn(
-            q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), cu_seqlens=cu_seqlens, max_seqlen=max_seqlen
+            q.unsqueeze(0),
+            k.unsqueeze(0),
+            v.unsqueeze(0),
+            cu_seqlens=cu_seqlens,
+            max_seqlen=max_seqlen,
         )
         x = x + self.wo(attn.reshape(x.shape[0], -1))
         return x + self.mlp(self.norm1(x))
@@ -138,9 +153,14 @@ class MoonViT(nn.Module):
         self.merge = tuple(config.merge_kernel_size)
         self.head_dim = config.hidden_size // config.num_attention_heads
         if self.head_dim % 4:
-            raise ValueError(f"MoonViT head_dim must be divisible by 4 for 2D RoPE, got {self.head_dim}")
+            raise ValueError(
+                f"MoonViT head_dim must be divisible by 4 for 2D RoPE, got {self.head_dim}"
+            )
         self.patch_embed = PatchEmbed(
-            config.hidden_size, config.patch_size, config.init_pos_emb_height, config.init_pos_emb_width
+            config.hidden_size,
+            config.patch_size,
+            config.init_pos_emb_height,
+            config.init_pos_emb_width,
         )
         self.encoder = Encoder(
             config.hidden_size,
@@ -161,8 +181,12 @@ class MoonViT(nn.Module):
         dev = self.patch_embed.pos_emb.weight.device
         parts, base = [], 0
         for gh, gw in grids:
-            r = torch.arange(gh // kh, device=dev).view(-1, 1, 1, 1) * kh + torch.arange(kh, device=dev).view(1, 1, -1, 1)
-            c = torch.arange(gw // kw, device=dev).view(1, -1, 1, 1) * kw + torch.arange(kw, device=dev).view(1, 1, 1, -1)
+            r = torch.arange(gh // kh, device=dev).view(-1, 1, 1, 1) * kh + torch.arange(
+                kh, device=dev
+            ).view(1, 1, -1, 1)
+            c = torch.arange(gw // kw, device=dev).view(1, -1, 1, 1) * kw + torch.arange(
+                kw, device=dev
+            ).view(1, 1, 1, -1)
             parts.append((base + r * gw + c).reshape(-1))
             base += gh * gw
         return torch.cat(parts)

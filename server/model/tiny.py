@@ -124,7 +124,11 @@ def tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     s: dict[str, tuple[int, ...]] = {
         "vision_tower.patch_embed.proj.weight": (vh, 3, ps, ps),
         "vision_tower.patch_embed.proj.bias": (vh,),
-        "vision_tower.patch_embed.pos_emb.weight": (v["init_pos_emb_height"], v["init_pos_emb_width"], vh),
+        "vision_tower.patch_embed.pos_emb.weight": (
+            v["init_pos_emb_height"],
+            v["init_pos_emb_width"],
+            vh,
+        ),
         "vision_tower.encoder.final_layernorm.weight": (vh,),
         "vision_tower.encoder.final_layernorm.bias": (vh,),
         "multi_modal_projector.pre_norm.weight": (vh,),
@@ -143,16 +147,25 @@ def tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
             s[f"{p}.{n}.weight"] = s[f"{p}.{n}.bias"] = (vh,)
         s[f"{p}.wqkv.weight"], s[f"{p}.wqkv.bias"] = (3 * vh, vh), (3 * vh,)
         s[f"{p}.wo.weight"], s[f"{p}.wo.bias"] = (vh, vh), (vh,)
-        s[f"{p}.mlp.fc0.weight"], s[f"{p}.mlp.fc0.bias"] = (v["intermediate_size"], vh), (v["intermediate_size"],)
+        s[f"{p}.mlp.fc0.weight"], s[f"{p}.mlp.fc0.bias"] = (
+            (v["intermediate_size"], vh),
+            (v["intermediate_size"],),
+        )
         s[f"{p}.mlp.fc1.weight"], s[f"{p}.mlp.fc1.bias"] = (vh, v["intermediate_size"]), (vh,)
     nh, qk = t["num_attention_heads"], t["qk_nope_head_dim"] + t["qk_rope_head_dim"]
     for i in range(t["num_hidden_layers"]):
         p = f"language_model.model.layers.{i}"
         s[f"{p}.input_layernorm.weight"] = s[f"{p}.post_attention_layernorm.weight"] = (h,)
         s[f"{p}.self_attn.q_proj.weight"] = (nh * qk, h)
-        s[f"{p}.self_attn.kv_a_proj_with_mqa.weight"] = (t["kv_lora_rank"] + t["qk_rope_head_dim"], h)
+        s[f"{p}.self_attn.kv_a_proj_with_mqa.weight"] = (
+            t["kv_lora_rank"] + t["qk_rope_head_dim"],
+            h,
+        )
         s[f"{p}.self_attn.kv_a_layernorm.weight"] = (t["kv_lora_rank"],)
-        s[f"{p}.self_attn.kv_b_proj.weight"] = (nh * (t["qk_nope_head_dim"] + t["v_head_dim"]), t["kv_lora_rank"])
+        s[f"{p}.self_attn.kv_b_proj.weight"] = (
+            nh * (t["qk_nope_head_dim"] + t["v_head_dim"]),
+            t["kv_lora_rank"],
+        )
         s[f"{p}.self_attn.o_proj.weight"] = (h, nh * t["v_head_dim"])
         if i < t["first_k_dense_replace"]:
             mlps = {f"{p}.mlp": t["intermediate_size"]}
@@ -201,12 +214,19 @@ def write_checkpoint(out: Path, *, seed: int = 0, real_vocab: bool = False) -> P
         for n, t in shard.items():
             weight_map[n] = fname
             total += t.numel() * t.element_size()
-    _write_json(out / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))})
+    _write_json(
+        out / "model.safetensors.index.json",
+        {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
+    )
     _write_json(out / "config.json", cfg)
     _write_json(out / "preprocessor_config.json", PREPROCESSOR_CONFIG)
     _write_json(
         out / "generation_config.json",
-        {"bos_token_id": tok["bos_token_id"], "eos_token_id": [tok["eos_token_id"]], "transformers_version": "4.48.2"},
+        {
+            "bos_token_id": tok["bos_token_id"],
+            "eos_token_id": [tok["eos_token_id"]],
+            "transformers_version": "4.48.2",
+        },
     )
     return out
 
@@ -216,10 +236,16 @@ def _write_json(path: Path, obj: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m server.model.tiny", description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True, type=Path, help="directory to write the checkpoint into")
+    ap = argparse.ArgumentParser(
+        prog="python -m server.model.tiny", description=__doc__.splitlines()[0]
+    )
+    ap.add_argument(
+        "--out", required=True, type=Path, help="directory to write the checkpoint into"
+    )
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--real-vocab", action="store_true", help="vocab 163840 with the real special-token ids")
+    ap.add_argument(
+        "--real-vocab", action="store_true", help="vocab 163840 with the real special-token ids"
+    )
     args = ap.parse_args(argv)
     write_checkpoint(args.out, seed=args.seed, real_vocab=args.real_vocab)
     print(f"wrote tiny Kimi-VL checkpoint to {args.out}")  # noqa: T201

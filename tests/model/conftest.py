@@ -40,8 +40,16 @@ def parity_cases(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> P
         return tok.encode(text, add_special_tokens=False)
 
     cases = [
-        {"name": "text", "prompt_token_ids": ids(chat("Describe the weather in Paris in one sentence.")), "images": []},
-        {"name": "one_image", "prompt_token_ids": ids(chat(IMAGE + "What is this?")), "images": [[224, 168, 1]]},
+        {
+            "name": "text",
+            "prompt_token_ids": ids(chat("Describe the weather in Paris in one sentence.")),
+            "images": [],
+        },
+        {
+            "name": "one_image",
+            "prompt_token_ids": ids(chat(IMAGE + "What is this?")),
+            "images": [[224, 168, 1]],
+        },
         {
             "name": "three_images",
             "prompt_token_ids": ids(chat(IMAGE + "a" + IMAGE + "b" + IMAGE + "Compare them.")),
@@ -57,7 +65,9 @@ RunGenerate = Callable[..., dict]
 
 
 @pytest.fixture(scope="session")
-def run_generate(tiny_ckpt: Path, parity_cases: Path, tmp_path_factory: pytest.TempPathFactory) -> RunGenerate:
+def run_generate(
+    tiny_ckpt: Path, parity_cases: Path, tmp_path_factory: pytest.TempPathFactory
+) -> RunGenerate:
     """Run tests/model/generate_runner.py in a fresh process; results cached per configuration."""
     cache: dict[tuple, dict] = {}
 
@@ -71,7 +81,12 @@ def run_generate(tiny_ckpt: Path, parity_cases: Path, tmp_path_factory: pytest.T
                 "--out", str(out), "--max-tokens", str(max_tokens),
             ]  # fmt: skip
             proc = subprocess.run(
-                cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": str(REPO)}
+                cmd,
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=900,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
             )
             assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}"
             cache[key] = json.loads(out.read_text())

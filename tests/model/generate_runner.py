@@ -36,7 +36,9 @@ def register_builtin_reference() -> None:
             pv = kwargs.get("pixel_values")
             if pv is not None:
                 dtype = self.multi_modal_projector.linear_1.weight.dtype
-                kwargs["pixel_values"] = [p.to(dtype) for p in pv] if isinstance(pv, list) else pv.to(dtype)
+                kwargs["pixel_values"] = (
+                    [p.to(dtype) for p in pv] if isinstance(pv, list) else pv.to(dtype)
+                )
             return super().embed_multimodal(**kwargs)
 
     ModelRegistry.register_model(BUILTIN_ARCH, KimiVLBuiltinReference)
@@ -49,7 +51,9 @@ def make_image(w: int, h: int, seed: int):  # type: ignore[no-untyped-def]
     rng = np.random.default_rng(seed)
     # Smooth gradients plus noise: real-looking content that survives bicubic resizing.
     yy, xx = np.mgrid[0:h, 0:w]
-    base = np.stack([(xx * 255 // max(w - 1, 1)), (yy * 255 // max(h - 1, 1)), ((xx + yy) % 256)], -1)
+    base = np.stack(
+        [(xx * 255 // max(w - 1, 1)), (yy * 255 // max(h - 1, 1)), ((xx + yy) % 256)], -1
+    )
     noise = rng.integers(0, 64, size=(h, w, 3))
     return Image.fromarray(((base + noise) % 256).astype("uint8"), "RGB")
 
@@ -74,6 +78,10 @@ def main() -> None:
 
     from vllm import LLM, SamplingParams
 
+    from server.model.checkpoint import check_model_dir
+
+    check_model_dir(args.model)  # what our server does before starting an engine
+
     overrides = None
     if args.impl == "builtin":
         register_builtin_reference()
@@ -93,7 +101,9 @@ def main() -> None:
         seed=0,
     )
     model_cls = llm.llm_engine.model_config.architectures[0]
-    params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, logprobs=5, ignore_eos=True)
+    params = SamplingParams(
+        temperature=0.0, max_tokens=args.max_tokens, logprobs=5, ignore_eos=True
+    )
     prompts = []
     for c in cases:
         p: dict = {"prompt_token_ids": c["prompt_token_ids"]}

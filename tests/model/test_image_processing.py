@@ -37,7 +37,9 @@ def vllm_formula(width: int, height: int, limit: int) -> int:
 
     ip = SimpleNamespace(patch_size=14, merge_kernel_size=(2, 2), in_token_limit=limit)
     fake_self = SimpleNamespace(get_hf_processor=lambda: SimpleNamespace(image_processor=ip))
-    return KimiVLProcessingInfo.get_num_image_tokens(fake_self, image_width=width, image_height=height)
+    return KimiVLProcessingInfo.get_num_image_tokens(
+        fake_self, image_width=width, image_height=height
+    )
 
 
 @pytest.mark.parametrize("size", sorted(TABLE))
@@ -104,7 +106,9 @@ def test_downscale_uses_pil_bicubic_and_never_upscales() -> None:
     # (200//14)*(300//14) = 14*21 = 294 > 64 -> scale sqrt(64/294) -> 93x139 -> padded 112x140.
     assert grid == (10, 8)
     expected = np.asarray(img.resize((93, 139), Image.Resampling.BICUBIC), dtype=np.float32)
-    np.testing.assert_allclose(patches[0, 0, 0, :], (expected[0, :14, 0] / 255 - 0.5) / 0.5, atol=1e-6)
+    np.testing.assert_allclose(
+        patches[0, 0, 0, :], (expected[0, :14, 0] / 255 - 0.5) / 0.5, atol=1e-6
+    )
     small = Image.new("RGB", (20, 20))
     assert preprocess_image(small, cfg)[1] == (2, 2)
 

@@ -58,10 +58,14 @@ def test_prompt_lengths_count_image_tokens(run_generate, parity_cases) -> None:
     from server.model.image_processing import ImageProcessorConfig, num_image_tokens
 
     cfg = ImageProcessorConfig()
-    assert [num_image_tokens(w, h, cfg) for w, h in ((224, 168), (64, 64), (300, 120), (100, 250))] == [48, 9, 55, 36]
+    assert [
+        num_image_tokens(w, h, cfg) for w, h in ((224, 168), (64, 64), (300, 120), (100, 250))
+    ] == [48, 9, 55, 36]
     results = run_generate("ours")["cases"]
     for case in json.loads(parity_cases.read_text()):
-        expected = len(case["prompt_token_ids"]) + sum(num_image_tokens(w, h, cfg) - 1 for w, h, _ in case["images"])
+        expected = len(case["prompt_token_ids"]) + sum(
+            num_image_tokens(w, h, cfg) - 1 for w, h, _ in case["images"]
+        )
         assert results[case["name"]]["num_prompt_tokens"] == expected
 
 

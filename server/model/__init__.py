@@ -19,9 +19,13 @@ def register() -> None:
     if _registered:
         return
     from vllm import ModelRegistry
+    from vllm.logger import init_logger
 
     from server.model.tokenizer import register_tokenizer
 
     ModelRegistry.register_model(ARCHITECTURE, MODEL_CLASS)
     register_tokenizer()
     _registered = True
+    init_logger("vllm.plugins.kimi_vl_server").info(
+        "kimi-vl-server plugin: %s -> %s", ARCHITECTURE, MODEL_CLASS
+    )

@@ -27,6 +27,7 @@ from pydantic_settings import (
 ENV_PREFIX = "KIMI_VL_"
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 TINY_MODEL_NAME = "kimi-vl-tiny"
+TINY_PRESET = "tiny"  # applies when neither a model nor a preset is given
 # Pillow refuses images above 2 * Image.MAX_IMAGE_PIXELS before we can apply our own cap, so a
 # larger setting could never take effect; keep the limit honest instead of silently ignoring it.
 PILLOW_HARD_PIXEL_LIMIT = 2 * 89_478_485
@@ -95,7 +96,8 @@ class _PresetSource(PydanticBaseSettingsSource):
     """Lowest-priority source above the defaults: values from the preset file.
 
     It runs after the CLI (init kwargs) and environment sources, so `current_state` already holds
-    the preset name chosen by either of them.
+    the preset name chosen by either of them. With neither a model nor a preset, the server
+    serves the tiny checkpoint, so the `tiny` preset applies (CPU-friendly engine settings).
     """
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
@@ -103,6 +105,8 @@ class _PresetSource(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         preset = self.current_state.get("preset")
+        if not preset and self.current_state.get("model") is None:
+            preset = TINY_PRESET
         return load_preset(str(preset)) if preset else {}
 
 

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.engine.contract import EngineDeadError, PromptTooLongError
+from server.engine.contract import EngineDeadError, PromptTooLongError, RequestRejectedError
 from server.metrics import record_rejection
 from server.protocol.errors import ErrorDetail, ErrorResponse
 
@@ -159,6 +159,25 @@ class EngineDead(APIError):
     code = "engine_dead"
 
 
+class EngineStarting(APIError):
+    """The engine is still loading or warming up; /ready is not 200 yet."""
+
+    status_code = 503
+    code = "engine_starting"
+
+    def __init__(
+        self, message: str = "The model is still loading; retry shortly.", *, retry_after_s: int = 5
+    ) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class RequestAborted(APIError):
+    """The engine dropped the request (e.g. the server is shutting down)."""
+
+    status_code = 503
+    code = "request_aborted"
+
+
 class InternalError(APIError):
     """The generic 500: its message never contains details of the failure."""
 
@@ -172,6 +191,8 @@ def to_api_error(exc: BaseException) -> APIError:
         return exc
     if isinstance(exc, PromptTooLongError):
         return ContextLengthExceeded(str(exc), param="messages")
+    if isinstance(exc, RequestRejectedError):
+        return InvalidRequest(str(exc), param=exc.param, code="invalid_value")
     if isinstance(exc, EngineDeadError):
         return EngineDead("The inference engine is not running; retry later.")
     return InternalError()
@@ -326,4 +347,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_exception_handler)
     app.add_exception_handler(EngineDeadError, _engine_error_handler)
     app.add_exception_handler(PromptTooLongError, _engine_error_handler)
+    app.add_exception_handler(RequestRejectedError, _engine_error_handler)
     app.add_middleware(UnhandledErrorMiddleware)

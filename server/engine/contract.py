@@ -8,7 +8,7 @@ unit tests can stand in a fake. Nothing here imports vLLM.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -17,6 +17,17 @@ FinishReason = Literal["stop", "length", "abort", "error"]
 
 class EngineDeadError(RuntimeError):
     """The engine stopped (crashed or shut down); no request can be served until a restart."""
+
+
+class RequestRejectedError(ValueError):
+    """The engine refused the request as invalid (e.g. a logit_bias id outside the vocabulary).
+
+    The message is meant for the client; `param` names the offending request field if known.
+    """
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
 
 
 class PromptTooLongError(ValueError):
@@ -133,12 +144,25 @@ class ModelInfo:
     max_model_len: int
     reasoning: bool  # outputs ◁think▷…◁/think▷ to be split into reasoning_content
     created: int = field(default_factory=lambda: int(time.time()))
+    # Sequences the engine runs at once (admission control queues beyond this).
+    max_num_seqs: int = 1
+    # The checkpoint's preprocessor_config.json (image token arithmetic, KIMI_VL.md §3.1).
+    preprocessor_config: Mapping[str, Any] = field(default_factory=dict)
+    # Sampling defaults from the checkpoint's generation_config.json, in SamplingOptions names
+    # (temperature, top_p, top_k, min_p, repetition_penalty, max_tokens, …).
+    generation_defaults: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Tokenizer(Protocol):
     """The slice of the checkpoint tokenizer the front end uses."""
 
     def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+
+    def encode_text(self, text: str) -> list[int]:
+        """Ordinary text only: special-token strings in `text` never become special ids."""
+        ...
+
+    def convert_tokens_to_ids(self, tokens: str) -> int: ...
 
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = ...) -> str: ...
 
@@ -172,11 +196,12 @@ class Engine(Protocol):
         """True once start() finished and the engine accepts requests; /ready."""
         ...
 
-    def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateOutput]:
+    def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerateOutput, None]:
         """Stream outputs of all `n` choices, interleaved, until every choice finished.
 
         An async generator (hence no `async def` here): closing it early must abort the request.
-        Raises PromptTooLongError before the first output, EngineDeadError if the engine dies.
+        Raises PromptTooLongError or RequestRejectedError before the first output,
+        EngineDeadError if the engine dies.
         """
         ...
 

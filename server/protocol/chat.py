@@ -108,6 +108,7 @@ class ChatMessage(BaseModel):
     # Earlier assistant turns of a Thinking model may carry their reasoning back; it is never
     # rendered into the prompt (KIMI_VL.md §5: strip reasoning from history).
     reasoning_content: str | None = None
+    reasoning: str | None = None
     # Fields the SDK echoes when a response message is appended to the history as-is.
     refusal: str | None = None
     annotations: list[Any] | None = None
@@ -179,9 +180,12 @@ class ChatCompletionRequest(SamplingRequest):
 
 
 class ChatCompletionMessage(BaseModel):
+    """`reasoning_content` and `reasoning` carry the same text (see DeltaMessage)."""
+
     role: Literal["assistant"] = "assistant"
     content: str | None = None
     reasoning_content: str | None = None
+    reasoning: str | None = None
     refusal: str | None = None
 
 

@@ -335,6 +335,7 @@ def test_responses_serialise_like_openai() -> None:
         "role": "assistant",
         "content": "hi",
         "reasoning_content": "r",
+        "reasoning": None,
         "refusal": None,
     }
 

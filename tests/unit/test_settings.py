@@ -43,8 +43,11 @@ def test_defaults() -> None:
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)
     assert settings.limit_images_per_request == 64
     assert settings.open_health_and_metrics is True
-    assert settings.enable_reasoning is None
     assert settings.api_keys == []
+    # No model and no preset: the tiny checkpoint with the tiny preset's engine settings.
+    assert settings.preset is None and settings.dtype == "float32" and settings.enforce_eager
+    assert settings.enable_reasoning is False
+    assert load_settings({"model": "some/model"}).dtype == "auto"
     tiny = settings.tiny_checkpoint_dir
     assert tiny.parent == Path(os.environ["HOME"]) / ".cache" / "kimi-vl-server"
     assert tiny.name.startswith("tiny-")

@@ -1,0 +1,38 @@
+"""FastAPI dependencies: the per-app services, stored on `app.state` by `create_app`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from server.chat.chat_completions import ChatCompletions
+from server.chat.context import ServingContext
+from server.chat.text_completions import TextCompletions
+
+
+def _context(request: Request) -> ServingContext:
+    ctx: ServingContext = request.app.state.serving
+    return ctx
+
+
+def _chat(request: Request) -> ChatCompletions:
+    service: ChatCompletions = request.app.state.chat
+    return service
+
+
+def _completions(request: Request) -> TextCompletions:
+    service: TextCompletions = request.app.state.completions
+    return service
+
+
+def request_id(request: Request) -> str:
+    """The id the request-context middleware assigned (from X-Request-Id or generated)."""
+    rid: str = request.state.request_id
+    return rid
+
+
+Context = Annotated[ServingContext, Depends(_context)]
+Chat = Annotated[ChatCompletions, Depends(_chat)]
+Completions = Annotated[TextCompletions, Depends(_completions)]
+RequestId = Annotated[str, Depends(request_id)]

@@ -1,0 +1,34 @@
+"""GET /v1/models and /v1/models/{model}: the one served model."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from server.api.deps import Context
+from server.api.errors import ModelNotFound
+from server.chat.context import ServingContext
+from server.protocol.common import ModelCard, ModelList
+
+router = APIRouter()
+
+
+def _card(ctx: ServingContext) -> ModelCard:
+    info = ctx.model_info
+    return ModelCard(
+        id=ctx.model_name,
+        created=info.created,
+        root=info.root,
+        max_model_len=info.max_model_len or None,
+    )
+
+
+@router.get("/v1/models")
+async def list_models(ctx: Context) -> ModelList:
+    return ModelList(data=[_card(ctx)])
+
+
+@router.get("/v1/models/{model:path}")
+async def retrieve_model(model: str, ctx: Context) -> ModelCard:
+    if model != ctx.model_name:
+        raise ModelNotFound(model)
+    return _card(ctx)

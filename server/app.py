@@ -1,0 +1,124 @@
+"""`create_app(settings, engine)`: the FastAPI app; `run(settings)`: serve it with uvicorn.
+
+The lifespan starts the engine in the background, so the server answers /health at once and
+/ready turns 200 when the model is loaded and warmed up; it stops the engine on shutdown.
+Middleware, outermost first: request context (id, metrics, access log) -> CORS (only when
+configured) -> body-size limit -> API-key auth -> last-resort 500 -> routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from server.api import chat, completions, health, models
+from server.api.auth import APIKeyMiddleware
+from server.api.errors import install_error_handlers
+from server.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from server.chat.chat_completions import ChatCompletions
+from server.chat.context import ServingContext
+from server.chat.text_completions import TextCompletions
+from server.engine.contract import Engine
+from server.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+async def _start_engine(engine: Engine, on_failure: Callable[[], None] | None) -> None:
+    try:
+        await engine.start()
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        logger.exception("The inference engine failed to start")
+        if on_failure is not None:
+            on_failure()
+
+
+def create_app(
+    settings: Settings, engine: Engine, *, on_engine_failure: Callable[[], None] | None = None
+) -> FastAPI:
+    """The HTTP app over `engine`. `on_engine_failure` runs if the engine cannot start."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        starting = asyncio.create_task(_start_engine(engine, on_engine_failure))
+        try:
+            yield
+        finally:
+            starting.cancel()
+            with suppress(asyncio.CancelledError):
+                await starting
+            await engine.stop()
+
+    app = FastAPI(
+        title="kimi-vl-server",
+        summary="OpenAI-compatible API for Kimi-VL",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    serving = ServingContext(settings, engine)
+    app.state.serving = serving
+    app.state.chat = ChatCompletions(serving)
+    app.state.completions = TextCompletions(serving)
+    for router in (chat.router, completions.router, models.router, health.router):
+        app.include_router(router)
+
+    install_error_handlers(app)  # innermost: the last-resort 500 middleware
+    app.add_middleware(
+        APIKeyMiddleware, keys=settings.api_keys, open_probes=settings.open_health_and_metrics
+    )
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
+            expose_headers=["X-Request-Id"],
+        )
+    app.add_middleware(RequestContextMiddleware)  # outermost
+    return app
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def run(settings: Settings) -> None:
+    """Serve until interrupted; exits with status 1 if the engine cannot start."""
+    import uvicorn
+
+    from server.engine.vllm_engine import VLLMEngine
+
+    configure_logging(settings.log_level)
+    failed = False
+    server: uvicorn.Server | None = None
+
+    def stop_on_failure() -> None:
+        nonlocal failed
+        failed = True
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(settings, VLLMEngine(settings), on_engine_failure=stop_on_failure)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,  # RequestContextMiddleware writes the access log
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if failed:
+        raise SystemExit(1)

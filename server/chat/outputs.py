@@ -1,0 +1,156 @@
+"""Per-choice accumulation of engine steps: text, reasoning split, token counts, logprobs.
+
+Reasoning tokens are counted at engine-step granularity (one token per step in practice): a
+step whose text starts before the end of the reasoning section — the ◁/think▷ marker included —
+counts as reasoning. That is exact whenever each step carries one token, which is how the
+adapter streams (DELTA outputs); a step that carries several tokens is attributed as a whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
+from typing import Any, TypeVar
+
+from server.api.errors import InternalError, RequestAborted
+from server.chat.reasoning import THINK_END, THINK_START, ReasoningSplitter, split_reasoning
+from server.engine.contract import GenerateOutput, TokenLogprob
+from server.protocol.common import ChatCompletionTokenLogprob, FinishReason, TopLogprob
+
+T = TypeVar("T")
+
+
+def reasoning_end(text: str) -> int:
+    """Number of leading characters of `text` that belong to the reasoning section."""
+    stripped = text.lstrip()
+    if stripped.startswith(THINK_START):
+        start = len(text) - len(stripped) + len(THINK_START)
+        end = text.find(THINK_END, start)
+        return len(text) if end < 0 else end + len(THINK_END)
+    end = text.find(THINK_END)
+    return 0 if end < 0 else end + len(THINK_END)
+
+
+def openai_finish_reason(out: GenerateOutput) -> FinishReason:
+    """Engine finish reason -> OpenAI's; failures become errors."""
+    if out.finish_reason == "length":
+        return "length"
+    if out.finish_reason == "error":
+        raise InternalError("The engine failed while generating this response.")
+    if out.finish_reason == "abort":
+        raise RequestAborted("The request was aborted by the server (it may be shutting down).")
+    return "stop"
+
+
+class ChoiceState:
+    """Everything the response needs about one of the n choices."""
+
+    def __init__(self, index: int, *, reasoning: bool) -> None:
+        self.index = index
+        self._splitter = ReasoningSplitter() if reasoning else None
+        self._text: list[str] = []
+        self._steps: list[tuple[int, int]] = []  # (text offset where the step starts, tokens)
+        self._offset = 0
+        self.num_tokens = 0
+        self.logprobs: list[TokenLogprob] = []
+        self.logprob_offsets: list[int] = []  # text offset of each logprob's step
+        self.finish_reason: FinishReason | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self._text)
+
+    def add(self, out: GenerateOutput) -> tuple[str, str]:
+        """Record a step; return the (reasoning, content) text that can be sent now."""
+        self._text.append(out.text_delta)
+        self._steps.append((self._offset, len(out.token_ids)))
+        if out.logprobs:
+            self.logprobs.extend(out.logprobs)
+            self.logprob_offsets.extend([self._offset] * len(out.logprobs))
+        self._offset += len(out.text_delta)
+        self.num_tokens = out.num_completion_tokens
+        if self._splitter is None:
+            reasoning, content = "", out.text_delta
+        else:
+            reasoning, content = self._splitter.feed(out.text_delta)
+        if out.finished:
+            self.finish_reason = openai_finish_reason(out)
+            if self._splitter is not None:
+                more_reasoning, more_content = self._splitter.finish()
+                reasoning, content = reasoning + more_reasoning, content + more_content
+        return reasoning, content
+
+    def split(self) -> tuple[str | None, str]:
+        """(reasoning or None, content) of the whole output."""
+        if self._splitter is None:
+            return None, self.text
+        return split_reasoning(self.text)
+
+    @property
+    def reasoning_tokens(self) -> int:
+        if self._splitter is None:
+            return 0
+        end = reasoning_end(self.text)
+        return sum(tokens for start, tokens in self._steps if start < end)
+
+
+def chat_logprobs(steps: Sequence[TokenLogprob]) -> list[ChatCompletionTokenLogprob]:
+    return [
+        ChatCompletionTokenLogprob(
+            token=step.token,
+            logprob=step.logprob,
+            bytes=list(step.token.encode()),
+            top_logprobs=[
+                TopLogprob(token=top.token, logprob=top.logprob, bytes=list(top.token.encode()))
+                for top in step.top
+            ],
+        )
+        for step in steps
+    ]
+
+
+def sse_event(payload: str) -> str:
+    return f"data: {payload}\n\n"
+
+
+SSE_DONE = "data: [DONE]\n\n"
+
+
+_END = object()
+
+
+async def merge_streams(
+    streams: Sequence[AsyncGenerator[T, None]],
+) -> AsyncGenerator[tuple[int, T], None]:
+    """Interleave several engine streams as (stream index, item), in arrival order.
+
+    The first failure is raised; leaving early (or failing) cancels and closes every stream,
+    which aborts their engine requests.
+    """
+    queue: asyncio.Queue[tuple[int, Any, Exception | None]] = asyncio.Queue()
+
+    async def pump(index: int, stream: AsyncGenerator[T, None]) -> None:
+        try:
+            async with aclosing(stream):
+                async for item in stream:
+                    await queue.put((index, item, None))
+            await queue.put((index, _END, None))
+        except Exception as exc:
+            await queue.put((index, _END, exc))
+
+    tasks = [asyncio.create_task(pump(i, stream)) for i, stream in enumerate(streams)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            index, item, error = await queue.get()
+            if error is not None:
+                raise error
+            if item is _END:
+                remaining -= 1
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

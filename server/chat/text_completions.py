@@ -1,0 +1,211 @@
+"""`/v1/completions` logic: raw prompt(s) -> engine -> OpenAI text completions.
+
+The prompt is used as given (no chat template). Special-token strings in it are honoured, as
+with vLLM's own endpoint — this endpoint exists for callers who build prompts themselves.
+Images are a chat feature: a prompt that contains the image placeholder is refused. Each
+prompt is one engine request; choice `index` is prompt_index * n + choice.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+
+from server.api.errors import APIError, InvalidRequest, sse_error_event
+from server.chat.context import ServingContext
+from server.chat.outputs import SSE_DONE, ChoiceState, merge_streams, sse_event
+from server.chat.sampling import max_output_tokens, sampling_options
+from server.engine.contract import GenerateOutput, GenerateRequest, TokenLogprob
+from server.metrics import TIME_TO_FIRST_CONTENT_TOKEN, TIME_TO_FIRST_TOKEN
+from server.protocol.common import Usage
+from server.protocol.completions import (
+    Completion,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class PreparedCompletion:
+    request: CompletionRequest
+    engine_requests: list[GenerateRequest]
+    num_prompt_tokens: list[int]
+    response_id: str
+    created: int
+    started: float
+    done: Callable[[], None]
+
+
+def completion_logprobs(
+    steps: Sequence[TokenLogprob], offsets: Sequence[int]
+) -> CompletionLogprobs:
+    """Legacy logprobs; `offsets[i]` is where token i's text starts in the choice text."""
+    result = CompletionLogprobs()
+    for step, offset in zip(steps, offsets, strict=True):
+        result.tokens.append(step.token)
+        result.token_logprobs.append(step.logprob)
+        result.top_logprobs.append({top.token: top.logprob for top in step.top})
+        result.text_offset.append(offset)
+    return result
+
+
+class TextCompletions:
+    def __init__(self, ctx: ServingContext) -> None:
+        self.ctx = ctx
+
+    def _encode(self, request: CompletionRequest) -> list[list[int]]:
+        tokenizer = self.ctx.tokenizer
+        prompts = [
+            prompt
+            if isinstance(prompt, list)
+            else tokenizer.encode(prompt, add_special_tokens=False)
+            for prompt in request.prompt
+        ]
+        pad = self.ctx.specials.media_pad
+        for i, ids in enumerate(prompts):
+            if pad in ids:
+                raise InvalidRequest(
+                    "Images are supported in /v1/chat/completions only; the prompt contains "
+                    "the image placeholder token.",
+                    param=f"prompt[{i}]" if len(prompts) > 1 else "prompt",
+                )
+            if not ids:
+                raise InvalidRequest("The prompt is empty.", param="prompt")
+        return prompts
+
+    async def prepare(self, request: CompletionRequest, request_id: str) -> PreparedCompletion:
+        started = time.perf_counter()
+        ctx = self.ctx
+        ctx.check_model(request.model)
+        ctx.check_engine()
+        ticket = ctx.gate.admit(request_id, request.n * len(request.prompt))
+        try:
+            prompts = self._encode(request)
+            engine_requests = []
+            for i, ids in enumerate(prompts):
+                max_tokens = max_output_tokens(
+                    request.max_tokens,
+                    len(ids),
+                    ctx.model_info.max_model_len,
+                    ctx.defaults.get("max_tokens"),
+                    param="prompt",
+                )
+                options = sampling_options(
+                    request,
+                    ctx.defaults,
+                    max_tokens=max_tokens,
+                    logprobs=request.logprobs is not None,
+                    top_logprobs=request.logprobs or 0,
+                )
+                rid = ticket.request_id if len(prompts) == 1 else f"{ticket.request_id}:{i}"
+                engine_requests.append(GenerateRequest(rid, ids, options))
+        except BaseException:
+            ticket.release()
+            raise
+        return PreparedCompletion(
+            request=request,
+            engine_requests=engine_requests,
+            num_prompt_tokens=[len(ids) for ids in prompts],
+            response_id=f"cmpl-{secrets.token_hex(12)}",
+            created=int(time.time()),
+            started=started,
+            done=ticket.release,
+        )
+
+    def _streams(
+        self, prepared: PreparedCompletion
+    ) -> AsyncGenerator[tuple[int, GenerateOutput], None]:
+        return merge_streams([self.ctx.engine.generate(r) for r in prepared.engine_requests])
+
+    def _usage(self, prepared: PreparedCompletion, states: list[ChoiceState]) -> Usage:
+        prompt_tokens = sum(prepared.num_prompt_tokens)
+        return Usage.build(prompt_tokens, sum(s.num_tokens for s in states))
+
+    async def complete(self, prepared: PreparedCompletion) -> Completion:
+        request = prepared.request
+        n = request.n
+        states = [ChoiceState(i, reasoning=False) for i in range(n * len(request.prompt))]
+        try:
+            async with aclosing(self._streams(prepared)) as outputs:
+                async for prompt_index, out in outputs:
+                    states[prompt_index * n + out.index].add(out)
+        finally:
+            prepared.done()
+        choices = [
+            CompletionChoice(
+                index=state.index,
+                text=state.text,
+                logprobs=completion_logprobs(state.logprobs, state.logprob_offsets)
+                if request.logprobs is not None
+                else None,
+                finish_reason=state.finish_reason or "stop",
+            )
+            for state in states
+        ]
+        return Completion(
+            id=prepared.response_id,
+            created=prepared.created,
+            model=self.ctx.model_name,
+            choices=choices,
+            usage=self._usage(prepared, states),
+        )
+
+    async def stream(self, prepared: PreparedCompletion) -> AsyncGenerator[str, None]:
+        request = prepared.request
+        n = request.n
+        states = [ChoiceState(i, reasoning=False) for i in range(n * len(request.prompt))]
+        first = False
+        try:
+            async with aclosing(self._streams(prepared)) as outputs:
+                async for prompt_index, out in outputs:
+                    state = states[prompt_index * n + out.index]
+                    known = len(state.logprobs)
+                    _, text = state.add(out)
+                    if text and not first:
+                        first = True
+                        elapsed = time.perf_counter() - prepared.started
+                        TIME_TO_FIRST_TOKEN.observe(elapsed)
+                        TIME_TO_FIRST_CONTENT_TOKEN.observe(elapsed)
+                    logprobs = None
+                    if request.logprobs is not None and out.logprobs:
+                        logprobs = completion_logprobs(
+                            state.logprobs[known:], state.logprob_offsets[known:]
+                        )
+                    choice = CompletionChoice(
+                        index=state.index,
+                        text=text,
+                        logprobs=logprobs,
+                        finish_reason=state.finish_reason if out.finished else None,
+                    )
+                    yield sse_event(self._chunk(prepared, [choice]).model_dump_json())
+            if request.include_usage_in_stream:
+                chunk = self._chunk(prepared, [], usage=self._usage(prepared, states))
+                yield sse_event(chunk.model_dump_json())
+        except Exception as exc:
+            if not isinstance(exc, APIError):
+                logger.exception("Completion stream %s failed", prepared.response_id)
+            yield sse_error_event(exc)
+        finally:
+            prepared.done()
+        yield SSE_DONE
+
+    def _chunk(
+        self,
+        prepared: PreparedCompletion,
+        choices: list[CompletionChoice],
+        usage: Usage | None = None,
+    ) -> Completion:
+        return Completion(
+            id=prepared.response_id,
+            created=prepared.created,
+            model=self.ctx.model_name,
+            choices=choices,
+            usage=usage,
+        )

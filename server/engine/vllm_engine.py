@@ -1,0 +1,313 @@
+"""The vLLM AsyncLLM adapter: the one module in `server/` that talks to vLLM's engine.
+
+Settings -> AsyncEngineArgs -> AsyncLLM (built in a worker thread so the HTTP server answers
+/health while the model loads) -> one warm-up generation -> ready. Each request becomes
+`AsyncLLM.generate({"prompt_token_ids", "multi_modal_data"}, SamplingParams(DELTA), id)` and
+every RequestOutput is re-shaped into per-choice `GenerateOutput` steps (server/engine/contract.py).
+Closing the generator early (client gone) makes vLLM abort the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from server.engine.checkpoint import resolve_model
+from server.engine.contract import (
+    EngineDeadError,
+    FinishReason,
+    GenerateOutput,
+    GenerateRequest,
+    ModelInfo,
+    RequestRejectedError,
+    SamplingOptions,
+    StepTimings,
+    Tokenizer,
+    TokenLogprob,
+    TopLogprob,
+)
+from server.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_FINISH_REASONS: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "abort": "abort",
+    "error": "error",
+}
+_WARMUP_PROMPT = "Hello"
+
+
+def wants_reasoning(settings: Settings, model: str) -> bool:
+    """Split ◁think▷ output: the setting (presets set it), else guess from the model name."""
+    if settings.enable_reasoning is not None:
+        return settings.enable_reasoning
+    return "thinking" in model.lower()
+
+
+def engine_args(settings: Settings, model: str) -> Any:
+    """AsyncEngineArgs for `model` from Settings (config flows one way: Settings -> vLLM)."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    kwargs: dict[str, Any] = {
+        "model": model,
+        "served_model_name": [settings.model_name],
+        "dtype": settings.dtype,
+        "enforce_eager": settings.enforce_eager,
+        "tensor_parallel_size": settings.tensor_parallel_size,
+        "pipeline_parallel_size": settings.pipeline_parallel_size,
+        "data_parallel_size": settings.data_parallel_size,
+        "gpu_memory_utilization": settings.gpu_memory_utilization,
+        "limit_mm_per_prompt": {"image": settings.limit_images_per_request},
+        "seed": 0,
+        # Prometheus `vllm:*` metrics come from the stat loggers, which need log_stats.
+        "disable_log_stats": False,
+        "enable_log_requests": False,
+    }
+    if settings.max_model_len is not None:
+        kwargs["max_model_len"] = settings.max_model_len
+    if settings.max_num_seqs is not None:
+        kwargs["max_num_seqs"] = settings.max_num_seqs
+    return AsyncEngineArgs(**kwargs)
+
+
+def configure_cpu_environment(settings: Settings) -> None:
+    """vLLM's CPU backend sizes its KV cache from VLLM_CPU_KVCACHE_SPACE (whole GiB).
+
+    Writing (never reading) the environment for vLLM is this adapter's job; it must happen
+    before the engine processes start.
+    """
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu() and settings.kv_cache_space_gib is not None:
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, math.ceil(settings.kv_cache_space_gib)))
+
+
+def sampling_params(options: SamplingOptions, stop_ids: list[int]) -> Any:
+    """SamplingParams for one request (the mapping vLLM's own OpenAI server does)."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+    structured = None
+    if options.json_schema is not None:
+        structured = StructuredOutputsParams(json=dict(options.json_schema))
+    elif options.json_object:
+        structured = StructuredOutputsParams(json_object=True)
+    return SamplingParams(
+        n=options.n,
+        max_tokens=options.max_tokens,
+        min_tokens=options.min_tokens,
+        temperature=options.temperature,
+        top_p=options.top_p,
+        top_k=options.top_k,
+        min_p=options.min_p,
+        seed=options.seed,
+        stop=list(options.stop),
+        stop_token_ids=list(dict.fromkeys([*options.stop_token_ids, *stop_ids])),
+        ignore_eos=options.ignore_eos,
+        presence_penalty=options.presence_penalty,
+        frequency_penalty=options.frequency_penalty,
+        repetition_penalty=options.repetition_penalty,
+        logprobs=options.top_logprobs if options.logprobs else None,
+        logit_bias=dict(options.logit_bias) if options.logit_bias else None,
+        structured_outputs=structured,
+        skip_special_tokens=options.skip_special_tokens,
+        output_kind=RequestOutputKind.DELTA,
+    )
+
+
+def _token_logprobs(token_ids: Any, steps: Any, top_n: int) -> tuple[TokenLogprob, ...]:
+    out = []
+    for token_id, step in zip(token_ids, steps, strict=False):
+        chosen = step.get(token_id)
+        ranked = sorted(step.items(), key=lambda kv: kv[1].rank or 0)
+        top = tuple(
+            TopLogprob(token_id=tid, token=lp.decoded_token or "", logprob=lp.logprob)
+            for tid, lp in ranked[:top_n]
+        )
+        out.append(
+            TokenLogprob(
+                token_id=token_id,
+                token=(chosen.decoded_token or "") if chosen else "",
+                logprob=chosen.logprob if chosen else float("-inf"),
+                top=top,
+            )
+        )
+    return tuple(out)
+
+
+class VLLMEngine:
+    """`Engine` (server/engine/contract.py) over vLLM's AsyncLLM."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._llm: Any = None
+        self._stop_ids: list[int] = []
+        self._ready = False
+        self._failed = False
+        self._info = ModelInfo(
+            name=settings.model_name,
+            root=settings.model or str(settings.tiny_checkpoint_dir),
+            max_model_len=settings.max_model_len or 0,
+            reasoning=wants_reasoning(settings, settings.model or ""),
+        )
+
+    # -- properties ------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if self._llm is None:
+            raise EngineDeadError("the engine has not started")
+        tokenizer: Tokenizer = self._llm.tokenizer
+        return tokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        return self._info.max_model_len
+
+    @property
+    def model_info(self) -> ModelInfo:
+        return self._info
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load the model (in a worker thread), then warm up; /ready turns 200 afterwards."""
+        try:
+            model = await asyncio.to_thread(resolve_model, self._settings)
+            configure_cpu_environment(self._settings)
+            args = engine_args(self._settings, model)
+            started = time.perf_counter()
+            from vllm.v1.engine.async_llm import AsyncLLM
+
+            self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+            self._info = await asyncio.to_thread(self._read_model_info, model)
+            from server.model.tokenizer import stop_token_ids
+
+            self._stop_ids = stop_token_ids(self._llm.tokenizer)
+            logger.info("Engine started in %.1f s; warming up", time.perf_counter() - started)
+            await self._warm_up()
+        except BaseException:
+            self._failed = True
+            raise
+        self._ready = True
+        logger.info("Engine ready: %s (max_model_len %d)", model, self._info.max_model_len)
+
+    def _read_model_info(self, model: str) -> ModelInfo:
+        from vllm.transformers_utils.config import get_hf_image_processor_config
+
+        config = self._llm.model_config
+        preprocessor = get_hf_image_processor_config(model, revision=config.revision) or {}
+        return ModelInfo(
+            name=self._settings.model_name,
+            root=model,
+            max_model_len=int(config.max_model_len),
+            reasoning=wants_reasoning(self._settings, model),
+            max_num_seqs=int(self._llm.vllm_config.scheduler_config.max_num_seqs),
+            preprocessor_config=dict(preprocessor),
+            generation_defaults=dict(config.get_diff_sampling_param()),
+        )
+
+    async def _warm_up(self) -> None:
+        """One tiny generation, so the first user request does not pay for lazy set-up."""
+        request = GenerateRequest(
+            request_id=f"warmup-{os.getpid()}",
+            prompt_token_ids=self._llm.tokenizer.encode_text(_WARMUP_PROMPT),
+            sampling=SamplingOptions(max_tokens=2, temperature=0.0),
+        )
+        async for _ in self.generate(request):
+            pass
+
+    async def stop(self) -> None:
+        self._ready = False
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            await asyncio.to_thread(llm.shutdown)
+
+    def is_alive(self) -> bool:
+        if self._failed:
+            return False
+        return self._llm is None or not self._llm.errored
+
+    def is_ready(self) -> bool:
+        return self._ready and self.is_alive()
+
+    # -- requests ---------------------------------------------------------------------------
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerateOutput, None]:
+        from vllm.exceptions import VLLMClientError
+        from vllm.v1.engine.exceptions import EngineDeadError as VLLMEngineDead
+
+        llm = self._llm
+        if llm is None or llm.errored:
+            raise EngineDeadError("the engine is not running")
+        try:
+            params = sampling_params(request.sampling, self._stop_ids)
+        except (ValueError, VLLMClientError) as exc:
+            raise RequestRejectedError(str(exc)) from exc
+        prompt: dict[str, Any] = {"prompt_token_ids": list(request.prompt_token_ids)}
+        if request.multi_modal_data:
+            prompt["multi_modal_data"] = dict(request.multi_modal_data)
+        produced: dict[int, int] = {}
+        stream = llm.generate(prompt, params, request.request_id)
+        try:
+            async for out in stream:
+                for step in self._steps(out, request, produced):
+                    yield step
+        except VLLMEngineDead as exc:
+            self._failed = True
+            raise EngineDeadError("the engine died") from exc
+        except VLLMClientError as exc:
+            raise RequestRejectedError(str(exc)) from exc
+        finally:
+            # Closed early (client gone): closing vLLM's generator aborts the request now
+            # rather than whenever the garbage collector gets to it.
+            await stream.aclose()
+
+    def _steps(
+        self, out: Any, request: GenerateRequest, produced: dict[int, int]
+    ) -> list[GenerateOutput]:
+        timings = _timings(out, request.arrival_time)
+        steps = []
+        for comp in out.outputs:
+            if not comp.token_ids and comp.finish_reason is None:
+                continue
+            produced[comp.index] = produced.get(comp.index, 0) + len(comp.token_ids)
+            logprobs = None
+            if request.sampling.logprobs and comp.logprobs is not None:
+                logprobs = _token_logprobs(
+                    comp.token_ids, comp.logprobs, request.sampling.top_logprobs
+                )
+            reason = comp.finish_reason
+            steps.append(
+                GenerateOutput(
+                    index=comp.index,
+                    text_delta=comp.text,
+                    token_ids=tuple(comp.token_ids),
+                    num_prompt_tokens=len(out.prompt_token_ids or ()),
+                    num_completion_tokens=produced[comp.index],
+                    num_cached_tokens=out.num_cached_tokens or 0,
+                    logprobs=logprobs,
+                    finish_reason=None if reason is None else _FINISH_REASONS.get(reason, "stop"),
+                    stop_reason=comp.stop_reason,
+                    timings=timings,
+                )
+            )
+        return steps
+
+    async def abort(self, request_id: str) -> None:
+        if self._llm is not None:
+            await self._llm.abort(request_id)
+
+
+def _timings(out: Any, arrival_time: float) -> StepTimings | None:
+    metrics = getattr(out, "metrics", None)
+    if metrics is None:
+        return None
+    queued = getattr(metrics, "queued_ts", None)
+    scheduled = getattr(metrics, "scheduled_ts", None)
+    queue_seconds = scheduled - queued if queued and scheduled else None
+    return StepTimings(arrival_time=arrival_time, queue_seconds=queue_seconds)

@@ -1,0 +1,1 @@
+"""Runnable benchmarks for the kernels package (python -m kernels.bench.<name>)."""

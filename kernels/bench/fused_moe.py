@@ -1,0 +1,216 @@
+"""Benchmark: our fused_moe vs vLLM's on this device, at Kimi-VL's real MoE shape.
+
+python -m kernels.bench.fused_moe [--json PATH] [--m 1,8,32,64,256,1024] [--dtype bf16]
+                                  [--backend auto] [--layers 2] [--rounds 5]
+
+Per token count M it prints our time, the peer's time (measured in the same run,
+interleaved round by round; the best round of each counts, because on a shared machine
+noise only ever adds time), ratio = peer / ours (> 1: we are faster) and the GB/s our
+run achieves on the expert weight bytes it must read (experts actually selected + the
+shared MLP) next to the device's measured copy bandwidth. Each call uses a different
+layer's weights and fresh tokens, as consecutive decoder layers do, so weights are not
+served from cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+from kernels.bench.peers import make_peer
+from kernels.fused_moe import MoEWeights, fused_moe, select_experts
+
+# Kimi-VL-A3B: 64 routed experts, top-6, hidden 2048, expert width 1408, shared width 2816.
+E, TOP_K, HIDDEN, WIDTH, SHARED, SCALE = 64, 6, 2048, 1408, 2816, 2.446
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass
+class Layer:
+    ours: MoEWeights
+    peer: Callable[[Tensor, Tensor], Tensor] | None
+    peer_name: str  # or why the peer is unavailable
+    bias: Tensor
+
+
+@dataclass
+class Row:
+    m: int
+    ours_s: float
+    peer_s: float | None
+    ratio: float | None
+    gbps: float
+    device: str
+    bandwidth_gbps: float
+    backend: str
+    dtype: str
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = "CPU"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    isa = "AVX512-BF16" if torch.cpu._is_avx512_bf16_supported() else "no AVX512-BF16"
+    return f"{model} ({torch.get_num_threads()} threads, {isa})"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def copy_bandwidth(device: torch.device) -> float:
+    """Measured device memory bandwidth in GB/s (read + write of a 512 MiB copy)."""
+    src = torch.empty(256 * 2**20, dtype=torch.float16, device=device).fill_(1.0)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(5):
+        sync(device)
+        start = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.numel() * src.element_size() / best / 1e9
+
+
+def make_layer(device: torch.device, dtype: torch.dtype, backend: str, seed: int) -> Layer:
+    """Random Kimi-VL-shaped MoE layer, converted for us and for the peer."""
+    g = torch.Generator(device=device).manual_seed(seed)
+
+    def randn(*shape: int, fan_in: int) -> Tensor:
+        # One expert at a time keeps the fp32 temporaries small.
+        t = torch.empty(*shape, dtype=dtype, device=device)
+        for chunk in t.view(-1, *shape[-2:]):
+            chunk.copy_(torch.randn(*shape[-2:], generator=g, device=device) * fan_in**-0.5)
+        return t
+
+    w13 = randn(E, 2 * WIDTH, HIDDEN, fan_in=HIDDEN)
+    w2 = randn(E, HIDDEN, WIDTH, fan_in=WIDTH)
+    s13 = randn(2 * SHARED, HIDDEN, fan_in=HIDDEN)
+    s2 = randn(HIDDEN, SHARED, fan_in=SHARED)
+    bias = torch.randn(E, generator=g, device=device) * 0.01
+    ours = MoEWeights.from_stacked(w13, w2, s13, s2, backend=backend)
+    peer, peer_name = make_peer(w13, w2, s13, s2, bias, TOP_K, SCALE)
+    return Layer(ours, peer, peer_name, bias)
+
+
+def touched_bytes(logits: Tensor, bias: Tensor, element_size: int) -> int:
+    """Expert weight bytes a call must read: each selected expert once, plus the shared MLP."""
+    _, ids = select_experts(logits, bias, TOP_K, SCALE)
+    experts = int(ids.unique().numel())
+    return (experts * 3 * WIDTH * HIDDEN + 3 * SHARED * HIDDEN) * element_size
+
+
+def time_calls(fn: Callable[[int], object], calls: int, device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    for i in range(calls):
+        fn(i)
+    sync(device)
+    return (time.perf_counter() - start) / calls
+
+
+def bench_m(
+    layers: list[Layer], m: int, args: argparse.Namespace
+) -> tuple[float, float | None, float]:
+    """(ours seconds/call, peer seconds/call or None, bytes touched per call)."""
+    device, dtype = layers[0].ours.device, layers[0].ours.dtype
+    calls = max(len(layers), min(16, 2048 // m))  # ~constant work per round
+    inputs = [
+        (torch.randn(m, HIDDEN, device=device).to(dtype), torch.randn(m, E, device=device))
+        for _ in range(calls)
+    ]
+
+    def ours(i: int) -> Tensor:
+        layer = layers[i % len(layers)]
+        x, logits = inputs[i]
+        return fused_moe(
+            x,
+            logits,
+            layer.ours,
+            top_k=TOP_K,
+            routed_scaling_factor=SCALE,
+            correction_bias=layer.bias,
+        )
+
+    def peer(i: int) -> Tensor:
+        layer = layers[i % len(layers)]
+        assert layer.peer is not None
+        return layer.peer(*inputs[i])
+
+    has_peer = layers[0].peer is not None
+    best_ours, best_peer = float("inf"), float("inf")
+    for r in range(args.rounds + 1):  # round 0 warms up (first-touch pages, JIT, caches)
+        t_ours = time_calls(ours, calls, device)
+        t_peer = time_calls(peer, calls, device) if has_peer else float("inf")
+        if r > 0:
+            best_ours, best_peer = min(best_ours, t_ours), min(best_peer, t_peer)
+    size = torch.empty((), dtype=dtype).element_size()
+    touched = sum(
+        touched_bytes(lg, layers[i % len(layers)].bias, size) for i, (_, lg) in enumerate(inputs)
+    )
+    return best_ours, (best_peer if has_peer else None), touched / calls
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--json", help="write the rows to this JSON file")
+    p.add_argument("--m", default="1,8,32,64,256,1024", help="comma-separated token counts")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    p.add_argument(
+        "--backend", default="auto", help="MoEWeights backend (auto, cpu, cpu:torch, triton, ...)"
+    )
+    p.add_argument("--layers", type=int, default=2, help="distinct layers cycled through")
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds per M (best counts)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[Row]:
+    args = parse_args(argv)
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    name, bandwidth = device_name(device), copy_bandwidth(device)
+    layers = [make_layer(device, dtype, args.backend, seed) for seed in range(args.layers)]
+    out = sys.stdout
+    out.write(f"device: {name}; copy bandwidth {bandwidth:.1f} GB/s\n")
+    out.write(f"shape: E={E} top-{TOP_K} H={HIDDEN} N={WIDTH} shared={SHARED} {args.dtype}\n")
+    out.write(f"ours: {layers[0].ours.backend}; peer: {layers[0].peer_name}\n")
+    out.write(
+        f"{'M':>6} {'ours ms':>10} {'peer ms':>10} {'peer/ours':>10} {'GB/s':>8} {'% bw':>6}\n"
+    )
+    rows = []
+    for m in [int(v) for v in args.m.split(",")]:
+        ours_s, peer_s, touched = bench_m(layers, m, args)
+        ratio = peer_s / ours_s if peer_s is not None else None
+        gbps = touched / ours_s / 1e9
+        row = Row(
+            m, ours_s, peer_s, ratio, gbps, name, bandwidth, layers[0].ours.backend, args.dtype
+        )
+        rows.append(row)
+        peer_ms = f"{peer_s * 1e3:10.2f}" if peer_s is not None else f"{'-':>10}"
+        ratio_s = f"{ratio:10.2f}" if ratio is not None else f"{'-':>10}"
+        share = 100 * gbps / bandwidth
+        out.write(f"{m:>6} {ours_s * 1e3:10.2f} {peer_ms} {ratio_s} {gbps:8.1f} {share:6.1f}\n")
+        out.flush()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([asdict(r) for r in rows], f, indent=2)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

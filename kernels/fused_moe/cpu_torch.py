@@ -66,12 +66,17 @@ class TorchExperts:
         cls, w13: Tensor, w2: Tensor, shared_w13: Tensor | None, shared_w2: Tensor | None
     ) -> TorchExperts:
         pack = _packing_supported(w13.dtype)
-        has_shared = shared_w13 is not None and shared_w2 is not None
+        shared_gate_up = shared_down = None
+        if shared_w13 is not None and shared_w2 is not None:
+            shared_gate_up, shared_down = (
+                make_linear(shared_w13, pack),
+                make_linear(shared_w2, pack),
+            )
         return cls(
             gate_up=[make_linear(w, pack) for w in w13],
             down=[make_linear(w, pack) for w in w2],
-            shared_gate_up=make_linear(shared_w13, pack) if has_shared else None,
-            shared_down=make_linear(shared_w2, pack) if has_shared else None,
+            shared_gate_up=shared_gate_up,
+            shared_down=shared_down,
         )
 
     def __call__(

@@ -25,10 +25,13 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 class Experts(Protocol):
     """What a backend provides: the whole MoE block from router logits (M > 0).
 
+    `name` is the resolved implementation, e.g. "triton" or "cpu:vllm-sgl".
+
     `out`, when given, is an [M, H] buffer of the weights' dtype that receives the result.
     """
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def __call__(
         self,

@@ -1,8 +1,9 @@
 """Triton kernels of the GPU MoE path: three launches per layer.
 
 1. `route_align_kernel` (one program): sigmoid routing with correction bias, top-k,
-   renormalise x scale, shared-expert slots appended, then the pairs sorted by expert and
-   padded to BLOCK_M (same output as routing.moe_align_block_size).
+   renormalise x scale, shared-expert slots appended, then the pairs grouped by expert and
+   padded to BLOCK_M (routing.moe_align_block_size's output up to the order of pairs
+   within an expert).
 2. `gate_up_silu_kernel`: grouped GEMM x @ w13[e].T with silu(gate) * up in the epilogue;
    its programs also zero the fp32 accumulator and counters the next kernel reduces into.
 3. `down_reduce_kernel`: grouped GEMM act @ w2[e].T, times the routing weight, atomically
@@ -20,7 +21,7 @@ import triton.language as tl
 @triton.jit
 def route_align_kernel(
     logits_ptr, bias_ptr, topk_weights_ptr, topk_ids_ptr,
-    sorted_ids_ptr, block_expert_ptr, num_post_ptr,
+    sorted_ids_ptr, block_expert_ptr, num_post_ptr, cursor_ptr,
     num_tokens, num_experts, stride_logits, max_padded, max_blocks, scale,
     TOP_K: tl.constexpr, NUM_SHARED: tl.constexpr, HAS_BIAS: tl.constexpr,
     RENORMALIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr,
@@ -28,26 +29,24 @@ def route_align_kernel(
 ):  # fmt: skip
     slots = TOP_K + NUM_SHARED
     num_pairs = num_tokens * slots
-    dummy = NUM_BINS - 1  # bin for masked-off pairs; NUM_BINS > experts + shared slots
     cols = tl.arange(0, BLOCK_E)
     kcols = tl.arange(0, BLOCK_KS)
-    bins = tl.arange(0, NUM_BINS)
+    bins = tl.arange(0, NUM_BINS)  # experts + shared slots (NUM_BINS >= both)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + cols, mask=cols < num_experts, other=0.0).to(tl.float32)
     else:
         bias = tl.zeros([BLOCK_E], tl.float32)
     is_shared = (kcols >= TOP_K) & (kcols < slots)
+    tl.store(cursor_ptr + bins, tl.zeros([NUM_BINS], tl.int32))
+    tl.debug_barrier()
 
-    # Phase 1: route ROWS tokens at a time; count pairs per expert.
-    counts = tl.zeros([NUM_BINS], tl.int32)
+    # Phase 1: route ROWS tokens at a time; count pairs per expert (cursor_ptr = counts).
     for start in range(0, num_tokens, ROWS):
         rows = start + tl.arange(0, ROWS)
         rmask = rows < num_tokens
         lmask = rmask[:, None] & (cols[None, :] < num_experts)
-        logits = tl.load(
-            logits_ptr + rows[:, None] * stride_logits + cols[None, :], mask=lmask, other=0.0
-        )
-        scores = tl.sigmoid(logits.to(tl.float32))
+        lptrs = logits_ptr + rows[:, None] * stride_logits + cols[None, :]
+        scores = tl.sigmoid(tl.load(lptrs, mask=lmask, other=0.0).to(tl.float32))
         choice = tl.where(cols[None, :] < num_experts, scores + bias[None, :], float("-inf"))
         ids = tl.zeros([ROWS, BLOCK_KS], tl.int32)
         weights = tl.zeros([ROWS, BLOCK_KS], tl.float32)
@@ -67,11 +66,12 @@ def route_align_kernel(
         offs = rows[:, None] * slots + kcols[None, :]
         tl.store(topk_ids_ptr + offs, ids, mask=pmask)
         tl.store(topk_weights_ptr + offs, weights, mask=pmask)
-        flat = tl.reshape(tl.where(pmask, ids, dummy), [ROWS * BLOCK_KS])
-        counts += tl.sum((flat[:, None] == bins[None, :]).to(tl.int32), axis=0)
+        tl.atomic_add(cursor_ptr + ids, 1, mask=pmask, sem="relaxed")
+    tl.debug_barrier()
 
     # Phase 2: padded per-expert offsets, block owners, padding sentinels.
-    padded = tl.where(bins < dummy, (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M, 0)
+    counts = tl.load(cursor_ptr + bins, volatile=True)
+    padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
     ends = tl.cumsum(padded, axis=0)
     starts = ends - padded
     total = tl.sum(padded, axis=0)
@@ -85,24 +85,19 @@ def route_align_kernel(
     for p0 in range(0, max_padded, FILL):
         offs_p = p0 + tl.arange(0, FILL)
         tl.store(sorted_ids_ptr + offs_p, num_pairs, mask=offs_p < max_padded)
-    tl.debug_barrier()  # sentinels and phase-1 ids visible to every thread before scatter
+    tl.debug_barrier()  # counts read by every thread before the cursors overwrite them
+    tl.store(cursor_ptr + bins, starts)
+    tl.debug_barrier()  # sentinels and cursors in place before the scatter
 
-    # Phase 3: scatter pair ids, in pair order within each expert.
-    placed = tl.zeros([NUM_BINS], tl.int32)
+    # Phase 3: each pair takes the next slot of its expert's run (atomics hand out
+    # distinct slots; order within an expert is then arbitrary, which no result depends on).
     for start in range(0, num_tokens, ROWS):
         rows = start + tl.arange(0, ROWS)
         pmask = (rows[:, None] < num_tokens) & (kcols[None, :] < slots)
         offs = rows[:, None] * slots + kcols[None, :]
-        ids = tl.load(topk_ids_ptr + offs, mask=pmask, other=dummy)
-        flat = tl.reshape(tl.where(pmask, ids, dummy), [ROWS * BLOCK_KS])
-        pair = tl.reshape(offs, [ROWS * BLOCK_KS])
-        valid = tl.reshape(pmask, [ROWS * BLOCK_KS])
-        onehot = (flat[:, None] == bins[None, :]).to(tl.int32)  # [pairs, bins]
-        earlier = tl.cumsum(onehot, axis=0) - onehot  # same-expert pairs before this one
-        rank = tl.sum(earlier * onehot, axis=1)
-        base = tl.sum(onehot * (starts + placed)[None, :], axis=1)
-        tl.store(sorted_ids_ptr + base + rank, pair, mask=valid)
-        placed += tl.sum(onehot, axis=0)
+        ids = tl.load(topk_ids_ptr + offs, mask=pmask, other=0)
+        slot = tl.atomic_add(cursor_ptr + ids, 1, mask=pmask, sem="relaxed")
+        tl.store(sorted_ids_ptr + slot, offs, mask=pmask)
 
 
 @triton.jit

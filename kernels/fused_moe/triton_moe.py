@@ -23,7 +23,6 @@ from .layout import fold_shared_experts
 from .routing import max_padded_pairs
 
 ZERO_BLOCK = 1024
-ROUTE_ROWS = 16  # tokens per routing tile: bounds the [pairs, experts] one-hot in registers
 FILL = 256
 
 
@@ -36,6 +35,7 @@ class MoEWorkspace:
     sorted_ids: Tensor  # [max_padded] int32
     block_experts: Tensor  # [max_blocks] int32
     num_post: Tensor  # [1] int32
+    cursors: Tensor  # [bins] int32: per-expert counts, then next free slot
     act: Tensor  # [M*(k+S), N] activation dtype
     acc: Tensor  # [M, H] fp32
     counters: Tensor  # [M, cdiv(H, BLOCK_SIZE_N)] int32
@@ -53,6 +53,7 @@ class MoEWorkspace:
             sorted_ids=torch.empty(max_padded, dtype=i32, device=dev),
             block_experts=torch.empty(triton.cdiv(max_padded, block_m), dtype=i32, device=dev),
             num_post=torch.empty(1, dtype=i32, device=dev),
+            cursors=torch.empty(triton.next_power_of_2(experts), dtype=i32, device=dev),
             act=torch.empty(m * slots, width, dtype=x.dtype, device=dev),
             acc=torch.empty(m, hidden, dtype=f32, device=dev),
             counters=torch.empty(
@@ -119,13 +120,13 @@ class TritonExperts:
 
         triton_kernels.route_align_kernel[(1,)](
             logits, bias, ws.topk_weights, ws.topk_ids, ws.sorted_ids, ws.block_experts,
-            ws.num_post, m, self.num_experts, logits.stride(0), max_padded, max_blocks,
+            ws.num_post, ws.cursors, m, self.num_experts, logits.stride(0), max_padded, max_blocks,
             routed_scaling_factor,
             TOP_K=top_k, NUM_SHARED=self.num_shared, HAS_BIAS=correction_bias is not None,
             RENORMALIZE=renormalize, BLOCK_M=bm,
             BLOCK_E=triton.next_power_of_2(self.num_experts),
             BLOCK_KS=triton.next_power_of_2(slots),
-            NUM_BINS=triton.next_power_of_2(experts + 1), ROWS=ROUTE_ROWS, FILL=FILL,
+            NUM_BINS=ws.cursors.numel(), ROWS=16 if m <= 256 else 64, FILL=FILL,
             num_warps=4,
         )  # fmt: skip
         triton_kernels.gate_up_silu_kernel[(max_blocks * triton.cdiv(width, bn),)](

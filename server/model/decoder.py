@@ -23,9 +23,21 @@ from vllm.model_executor.models.utils import (
     make_empty_intermediate_tensors_factory,
     make_layers,
 )
+from vllm.platforms import current_platform
 from vllm.sequence import IntermediateTensors
 
 from server.model.moe import KimiMoE
+
+
+def use_native_rope_for_mla(rope: nn.Module) -> None:
+    """Work around vLLM 0.32's CPU rotary kernel, which assumes q/k laid out as [T, H*D].
+
+    MLA hands it [T, H, D] views, and the kernel then rotates only the first T rows (mixing
+    heads and tokens) and leaves the rest unrotated: results depend on heads per TP rank and
+    on the batch's token count. vLLM's own DeepSeek/Kimi-VL classes share the bug; the
+    native PyTorch path is exact (checked against Hugging Face's DeepseekV3).
+    """
+    rope._forward_method = rope.forward_native  # type: ignore[attr-defined]
 
 
 def is_moe_layer(config, layer_idx: int) -> bool:  # type: ignore[no-untyped-def]
@@ -56,6 +68,8 @@ class DecoderLayer(nn.Module):
             quant_config=vllm_config.quant_config,
             prefix=f"{prefix}.self_attn",
         )
+        if current_platform.is_cpu():
+            use_native_rope_for_mla(self.self_attn.rotary_emb)
         self.mlp: nn.Module
         if is_moe_layer(config, layer_idx):
             self.mlp = KimiMoE(config, prefix=f"{prefix}.mlp")

@@ -27,6 +27,7 @@ from server.model.moe import KimiMoE
 from server.model.moonvit import MoonViT
 from server.model.processing import (
     IMAGE_PLACEHOLDER,
+    VIDEO_PLACEHOLDER,
     KimiVLDummyInputsBuilder,
     KimiVLMultiModalProcessor,
     KimiVLProcessingInfo,
@@ -67,6 +68,8 @@ class KimiVLForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
     def get_placeholder_str(cls, modality: str, i: int) -> str | None:
         if modality.startswith("image"):
             return IMAGE_PLACEHOLDER
+        if modality.startswith("video"):
+            return VIDEO_PLACEHOLDER
         raise ValueError(f"Kimi-VL does not take {modality!r} input")
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
@@ -87,19 +90,48 @@ class KimiVLForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
 
     # -- multimodal --------------------------------------------------------------------------
 
-    def embed_multimodal(self, **kwargs: object) -> NestedTensors | None:
-        pixel_values = kwargs.get("pixel_values")
-        grid_hws = kwargs.get("image_grid_hws")
-        if pixel_values is None:
-            return None
+    def encode_images(self, pixel_values: object, grid_hws: object) -> torch.Tensor:
+        """All images (or frames) of a step in one packed encoder pass -> [sum tokens, hidden]."""
         if isinstance(pixel_values, (list, tuple)):
             pixel_values = torch.cat(list(pixel_values))
         assert isinstance(pixel_values, torch.Tensor) and grid_hws is not None
-        grids = [tuple(g) for g in torch.as_tensor(grid_hws).view(-1, 2).tolist()]
+        grids = self._grids(grid_hws)
         pixel_values = pixel_values.to(self.vision_tower.patch_embed.proj.weight.dtype)
-        features = self.multi_modal_projector(self.vision_tower(pixel_values, grids))
+        return self.multi_modal_projector(self.vision_tower(pixel_values, grids))
+
+    def _grids(self, grid_hws: object) -> list[tuple[int, int]]:
+        if isinstance(grid_hws, (list, tuple)):
+            grid_hws = torch.cat([torch.as_tensor(g).view(-1, 2) for g in grid_hws])
+        return [(int(h), int(w)) for h, w in torch.as_tensor(grid_hws).view(-1, 2).tolist()]
+
+    def _tokens(self, grids: list[tuple[int, int]]) -> list[int]:
         kh, kw = self.config.vision_config.merge_kernel_size
-        return features.split([h * w // (kh * kw) for h, w in grids])
+        return [h * w // (kh * kw) for h, w in grids]
+
+    def embed_multimodal(self, **kwargs: object) -> NestedTensors | None:
+        """Per item (image, or whole video) embeddings, in the order vLLM passed the items."""
+        if kwargs.get("pixel_values") is not None:
+            grids = self._grids(kwargs["image_grid_hws"])
+            return self.encode_images(kwargs["pixel_values"], grids).split(self._tokens(grids))
+        if kwargs.get("pixel_values_videos") is not None:
+            grids = self._grids(kwargs["video_grid_hws"])
+            frames = (
+                torch.as_tensor(
+                    torch.cat([torch.as_tensor(n).view(-1) for n in kwargs["video_num_frames"]])  # type: ignore[attr-defined]
+                    if isinstance(kwargs["video_num_frames"], (list, tuple))
+                    else kwargs["video_num_frames"]
+                )
+                .view(-1)
+                .tolist()
+            )
+            features = self.encode_images(kwargs["pixel_values_videos"], grids)
+            per_frame = self._tokens(grids)
+            per_video, i = [], 0
+            for n in frames:
+                per_video.append(sum(per_frame[i : i + n]))
+                i += n
+            return features.split(per_video)
+        return None
 
     # -- decoder -----------------------------------------------------------------------------
 

@@ -71,15 +71,21 @@ def run_generate(
     """Run tests/model/generate_runner.py in a fresh process; results cached per configuration."""
     cache: dict[tuple, dict] = {}
 
-    def run(impl: str = "ours", dtype: str = "float32", tp: int = 1, max_tokens: int = 32) -> dict:
-        key = (impl, dtype, tp, max_tokens)
+    def run(
+        impl: str = "ours",
+        dtype: str = "float32",
+        tp: int = 1,
+        max_tokens: int = 32,
+        solo: bool = False,
+    ) -> dict:
+        key = (impl, dtype, tp, max_tokens, solo)
         if key not in cache:
             out = tmp_path_factory.mktemp("gen") / "out.json"
             cmd = [
                 sys.executable, "-m", "tests.model.generate_runner", "--model", str(tiny_ckpt),
                 "--impl", impl, "--dtype", dtype, "--tp", str(tp), "--cases", str(parity_cases),
                 "--out", str(out), "--max-tokens", str(max_tokens),
-            ]  # fmt: skip
+            ] + (["--solo"] if solo else [])  # fmt: skip
             proc = subprocess.run(
                 cmd,
                 cwd=REPO,

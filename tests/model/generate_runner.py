@@ -3,7 +3,8 @@
 Used by the parity tests (ours vs vLLM's built-in class, TP=2 vs TP=1):
     python -m tests.model.generate_runner --model DIR --impl ours|builtin --dtype float32 \
         --cases CASES.json --out OUT.json [--tp 2] [--max-tokens 32]
-CASES.json: [{"name", "prompt_token_ids", "images": [[w, h, seed], ...]}].
+CASES.json: [{"name", "prompt_token_ids", "images": [[w, h, seed], ...],
+              "videos": [{"size": [w, h], "frames": n, "seed": s, "timestamps": [sec, ...] | null}]}].
 """
 
 from __future__ import annotations
@@ -58,6 +59,17 @@ def make_image(w: int, h: int, seed: int):  # type: ignore[no-untyped-def]
     return Image.fromarray(((base + noise) % 256).astype("uint8"), "RGB")
 
 
+def make_video(spec: dict):  # type: ignore[no-untyped-def]
+    """Frames [T, H, W, 3] uint8 (frame i = make_image with seed+i), with optional timestamps."""
+    import numpy as np
+
+    w, h = spec["size"]
+    frames = np.stack(
+        [np.asarray(make_image(w, h, spec["seed"] + i)) for i in range(spec["frames"])]
+    )
+    return frames, {"timestamps": spec.get("timestamps")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
@@ -67,6 +79,9 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--tp", type=int, default=1)
     ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument(
+        "--solo", action="store_true", help="one prompt per generate() call (no batching)"
+    )
     args = ap.parse_args()
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -82,12 +97,16 @@ def main() -> None:
 
     check_model_dir(args.model)  # what our server does before starting an engine
 
-    overrides = None
+    overrides, compilation = None, None
     if args.impl == "builtin":
         register_builtin_reference()
         overrides = {"architectures": [BUILTIN_ARCH]}
+        # vLLM's CPU rotary kernel mangles MLA's [T, H, D] q/k (our class works around it,
+        # see server/model/decoder.py); give the reference the native rope path too.
+        compilation = {"custom_ops": ["all", "-rotary_embedding"]}
     cases = json.loads(open(args.cases).read())
     max_images = max(len(c["images"]) for c in cases)
+    max_videos = max(len(c.get("videos", [])) for c in cases)
     llm = LLM(
         model=args.model,
         dtype=args.dtype,
@@ -97,7 +116,8 @@ def main() -> None:
         gpu_memory_utilization=0.3,
         tensor_parallel_size=args.tp,
         hf_overrides=overrides,
-        limit_mm_per_prompt={"image": max(max_images, 1)},
+        compilation_config=compilation,
+        limit_mm_per_prompt={"image": max(max_images, 1), "video": max_videos},
         seed=0,
     )
     model_cls = llm.llm_engine.model_config.architectures[0]
@@ -107,12 +127,18 @@ def main() -> None:
     prompts = []
     for c in cases:
         p: dict = {"prompt_token_ids": c["prompt_token_ids"]}
+        mm: dict = {}
         if c["images"]:
-            p["multi_modal_data"] = {"image": [make_image(*im) for im in c["images"]]}
+            mm["image"] = [make_image(*im) for im in c["images"]]
+        if c.get("videos"):
+            mm["video"] = [make_video(v) for v in c["videos"]]
+        if mm:
+            p["multi_modal_data"] = mm
         prompts.append(p)
-    # One prompt at a time: vLLM 0.32's CPU MLA backend gives batch-composition-dependent
-    # results (see tests/model/test_batch_invariance.py), which would mask model differences.
-    outs = [llm.generate([p], params, use_tqdm=False)[0] for p in prompts]
+    if args.solo:
+        outs = [llm.generate([p], params, use_tqdm=False)[0] for p in prompts]
+    else:
+        outs = llm.generate(prompts, params, use_tqdm=False)
     result = {"architecture": model_cls, "cases": {}}
     for c, o in zip(cases, outs, strict=True):
         comp = o.outputs[0]

@@ -15,6 +15,7 @@ from server.model.tiny import write_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = "<|media_start|>image<|media_content|><|media_pad|><|media_end|>"
+VIDEO = "<|media_start|>video<|media_content|><|media_pad|><|media_end|>"
 
 
 @pytest.fixture(scope="session")
@@ -77,13 +78,15 @@ def run_generate(
         tp: int = 1,
         max_tokens: int = 32,
         solo: bool = False,
+        cases: Path | None = None,
     ) -> dict:
-        key = (impl, dtype, tp, max_tokens, solo)
+        cases = cases or parity_cases
+        key = (impl, dtype, tp, max_tokens, solo, cases)
         if key not in cache:
             out = tmp_path_factory.mktemp("gen") / "out.json"
             cmd = [
                 sys.executable, "-m", "tests.model.generate_runner", "--model", str(tiny_ckpt),
-                "--impl", impl, "--dtype", dtype, "--tp", str(tp), "--cases", str(parity_cases),
+                "--impl", impl, "--dtype", dtype, "--tp", str(tp), "--cases", str(cases),
                 "--out", str(out), "--max-tokens", str(max_tokens),
             ] + (["--solo"] if solo else [])  # fmt: skip
             proc = subprocess.run(

@@ -109,7 +109,10 @@ def sampling_params(options: SamplingOptions, stop_ids: list[int]) -> Any:
         min_p=options.min_p,
         seed=options.seed,
         stop=list(options.stop),
-        stop_token_ids=list(dict.fromkeys([*options.stop_token_ids, *stop_ids])),
+        # ignore_eos: the turn-end ids are this model's EOS, so they are ignored too.
+        stop_token_ids=list(
+            dict.fromkeys([*options.stop_token_ids, *([] if options.ignore_eos else stop_ids)])
+        ),
         ignore_eos=options.ignore_eos,
         presence_penalty=options.presence_penalty,
         frequency_penalty=options.frequency_penalty,

@@ -3,6 +3,7 @@ written on first use) started once per session, and a real local HTTP media serv
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -123,6 +124,7 @@ class RunningServer:
     base_url: str
     tiny_dir: Path
     log_path: Path
+    pid: int
 
     @property
     def v1(self) -> str:
@@ -141,12 +143,10 @@ class RunningServer:
         return total
 
 
-@pytest.fixture(scope="session")
-def server(
-    tmp_path_factory: pytest.TempPathFactory, media_server: MediaServer, local_media_dir: Path
-) -> Iterator[RunningServer]:
-    """`python -m server` with no --model and no preset: the tiny checkpoint, written on first use."""
-    work = tmp_path_factory.mktemp("server")
+@contextlib.contextmanager
+def running_server(work: Path, *extra_args: str) -> Iterator[RunningServer]:
+    """Start `python -m server` (no --model, no preset: the tiny checkpoint, written on first
+    use into `work`), wait for /ready, and stop it (with its engine processes) afterwards."""
     tiny_dir = work / "tiny-checkpoint"
     log_path = work / "server.log"
     port = _free_port()
@@ -154,13 +154,8 @@ def server(
         sys.executable, "-m", "server",
         "--port", str(port),
         "--tiny-checkpoint-dir", str(tiny_dir),
-        "--api-key", API_KEY,
-        "--allowed-media-hosts", "127.0.0.1",
-        "--allowed-local-media-path", str(local_media_dir),
-        "--max-media-bytes", str(MAX_MEDIA_BYTES),
-        "--max-image-pixels", str(MAX_IMAGE_PIXELS),
-        "--limit-images-per-request", str(MAX_IMAGES),
         "--log-level", "warning",
+        *extra_args,
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("KIMI_VL_")}
     with open(log_path, "wb") as log:
@@ -170,9 +165,28 @@ def server(
     base_url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(base_url, process, log_path)
-        yield RunningServer(base_url=base_url, tiny_dir=tiny_dir, log_path=log_path)
+        yield RunningServer(
+            base_url=base_url, tiny_dir=tiny_dir, log_path=log_path, pid=process.pid
+        )
     finally:
         _stop(process)
+
+
+@pytest.fixture(scope="session")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, media_server: MediaServer, local_media_dir: Path
+) -> Iterator[RunningServer]:
+    """The server most e2e tests share: API key, media limits, 127.0.0.1 allowed for media."""
+    with running_server(
+        tmp_path_factory.mktemp("server"),
+        "--api-key", API_KEY,
+        "--allowed-media-hosts", "127.0.0.1",
+        "--allowed-local-media-path", str(local_media_dir),
+        "--max-media-bytes", str(MAX_MEDIA_BYTES),
+        "--max-image-pixels", str(MAX_IMAGE_PIXELS),
+        "--limit-images-per-request", str(MAX_IMAGES),
+    ) as running:  # fmt: skip
+        yield running
 
 
 def _wait_ready(base_url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:

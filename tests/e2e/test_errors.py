@@ -141,3 +141,18 @@ def test_disconnect_mid_stream_aborts_the_engine_request(server: RunningServer) 
         assert time.monotonic() < deadline, "engine request still running after disconnect"
         time.sleep(0.1)
     assert httpx.get(server.base_url + "/health", timeout=10).status_code == 200
+
+
+def test_disconnect_while_waiting_for_a_full_response(server: RunningServer) -> None:
+    """Non-streaming: the handler notices the hang-up and aborts the engine request too."""
+    body = {
+        "messages": [{"role": "user", "content": "Write forever"}],
+        "max_tokens": 3000,
+        "ignore_eos": True,
+    }
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.v1 + "/chat/completions", json=body, headers=AUTH, timeout=1.0)
+    deadline = time.monotonic() + 3
+    while server.metric("vllm:num_requests_running") != 0:
+        assert time.monotonic() < deadline, "engine request still running after disconnect"
+        time.sleep(0.1)

@@ -256,4 +256,7 @@ class KimiVLForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
                     name = name.replace("gate_up_proj", "gate_proj or up_proj")
                 raise CheckpointMismatchError(f"checkpoint is missing tensor {name!r}")
         self.vision_tower._cache.clear()
+        for layer in self.language_model.model.layers:
+            if isinstance(getattr(layer, "mlp", None), KimiMoE):
+                layer.mlp.finalize()
         return done

@@ -63,31 +63,43 @@ class KimiMoE(nn.Module):
             nn.Parameter(torch.empty(h, self.ns_local), requires_grad=False) if ns else None
         )
         self._packed: MoEWeights | None = None
+        self._shapes = {
+            id(p): tuple(p.shape)
+            for p in (self.w13, self.w2, self.shared_w13, self.shared_w2)
+            if p is not None
+        }
 
     # -- loading -----------------------------------------------------------------------------
 
     def _shard(self, w: torch.Tensor, dim: int, width: int) -> torch.Tensor:
         return w.narrow(dim, self.tp_rank * width, width)
 
+    def _unpack(self) -> None:
+        """Loading again after finalize() (a weight reload): fresh stacks, fully overwritten by the load."""
+        for p in (self.w13, self.w2, self.shared_w13, self.shared_w2):
+            if p is not None and p.numel() == 0:
+                p.data = p.data.new_empty(self._shapes[id(p)])
+        self._packed = None
+
     def load_expert(self, expert: int, proj: str, w: torch.Tensor) -> None:
         """proj in gate_proj/up_proj ([N, H]) or down_proj ([H, N])."""
+        self._unpack()
         n = self.n_local
         if proj == "down_proj":
             self.w2.data[expert].copy_(self._shard(w, 1, n))
         else:
             off = 0 if proj == "gate_proj" else n
             self.w13.data[expert, off : off + n].copy_(self._shard(w, 0, n))
-        self._packed = None
 
     def load_shared(self, proj: str, w: torch.Tensor) -> None:
         assert self.shared_w13 is not None and self.shared_w2 is not None
+        self._unpack()
         n = self.ns_local
         if proj == "down_proj":
             self.shared_w2.data.copy_(self._shard(w, 1, n))
         else:
             off = 0 if proj == "gate_proj" else n
             self.shared_w13.data[off : off + n].copy_(self._shard(w, 0, n))
-        self._packed = None
 
     def packed(self) -> MoEWeights:
         if self._packed is None:
@@ -98,6 +110,17 @@ class KimiMoE(nn.Module):
                 None if self.shared_w2 is None else self.shared_w2.data,
             )
         return self._packed
+
+    def finalize(self) -> None:
+        """After loading: hand the weights to the kernels and keep only their copy.
+
+        A backend that repacks (the CPU paths) would otherwise leave the layer's experts in
+        memory twice; one that uses the stacks as they are (Triton) keeps them alive itself.
+        """
+        self.packed()
+        for p in (self.w13, self.w2, self.shared_w13, self.shared_w2):
+            if p is not None:
+                p.data = p.data.new_empty(0)
 
     # -- forward -----------------------------------------------------------------------------
 

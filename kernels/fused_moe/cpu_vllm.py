@@ -38,6 +38,11 @@ def _vllm_ops() -> ModuleType | None:
     return ops
 
 
+def cpu_has(probe: str) -> bool:
+    """torch.cpu's private ISA probes, False where this torch lacks one."""
+    return bool(getattr(torch.cpu, probe, lambda: False)())
+
+
 def available_kinds(dtype: torch.dtype, hidden_size: int) -> list[str]:
     """vLLM CPU kernels usable for this dtype/hidden size, fastest first (measured)."""
     ops = _vllm_ops()
@@ -51,7 +56,7 @@ def available_kinds(dtype: torch.dtype, hidden_size: int) -> list[str]:
         dtype == torch.bfloat16
         and hasattr(c_ops, "fused_experts_cpu")
         and hasattr(c_ops, "convert_weight_packed")
-        and torch.cpu._is_avx512_bf16_supported()
+        and cpu_has("_is_avx512_bf16_supported")
     ):
         kinds.append(SGL)
     if hasattr(c_ops, "cpu_fused_moe") and hasattr(c_ops, "prepack_moe_weight"):
@@ -61,7 +66,7 @@ def available_kinds(dtype: torch.dtype, hidden_size: int) -> list[str]:
 
 def vec_isa(dtype: torch.dtype) -> str:
     """The ISA vLLM's own CPU MoE layer picks (AMX tiles for bf16 when present)."""
-    if dtype == torch.bfloat16 and torch.cpu._is_amx_tile_supported():
+    if dtype == torch.bfloat16 and cpu_has("_is_amx_tile_supported"):
         return "amx"
     return "vec"
 

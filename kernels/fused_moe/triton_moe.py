@@ -114,7 +114,8 @@ class TritonExperts:
         bm, bn, bk = cfg["BLOCK_SIZE_M"], cfg["BLOCK_SIZE_N"], cfg["BLOCK_SIZE_K"]
         max_padded, max_blocks = ws.sorted_ids.numel(), ws.block_experts.numel()
         logits = router_logits if router_logits.stride(1) == 1 else router_logits.contiguous()
-        bias = correction_bias.float().contiguous() if correction_bias is not None else logits
+        # Any float dtype: the kernel upcasts, so no cast launch here.
+        bias = correction_bias.contiguous() if correction_bias is not None else logits
         precision = "ieee" if x.dtype == torch.float32 else "tf32"
         launch = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
 

@@ -150,3 +150,12 @@ def test_triton_tuned_config_file_is_used(tmp_path, monkeypatch):
         assert_close(p.run(p.weights("triton")), p.reference(), torch.float32)
     finally:
         configs.load_configs.cache_clear()
+
+
+def test_route_align_kernel_reads_low_precision_logits_and_bias():
+    p = make_problem(9, 64, 32, 16, 6, torch.float32, seed=3, device=DEVICE)
+    p.logits, p.bias = p.logits.to(torch.bfloat16), p.bias.to(torch.bfloat16)
+    _, ws = run_poisoned(p, triton_experts(p), SMALL)
+    weights, ids = select_experts(p.logits, p.bias, 6, KIMI_SCALE)
+    assert torch.equal(ws.topk_ids, ids)
+    torch.testing.assert_close(ws.topk_weights, weights, rtol=1e-6, atol=1e-7)

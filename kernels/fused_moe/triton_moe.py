@@ -18,7 +18,7 @@ import triton
 from torch import Tensor
 
 from . import triton_kernels
-from .configs import Config, get_config
+from .block_configs import Config, get_config
 from .layout import fold_shared_experts
 from .routing import max_padded_pairs
 

@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from .configs import Config, config_path, default_config, device_name
+from .block_configs import Config, config_path, default_config, device_name
 from .triton_moe import TritonExperts
 from .weights import MoEWeights
 

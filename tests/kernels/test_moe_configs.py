@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from kernels.fused_moe import configs
+from kernels.fused_moe import block_configs as configs
 
 
 def test_default_configs_grow_with_the_batch():

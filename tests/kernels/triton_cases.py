@@ -15,7 +15,7 @@ import pytest
 import torch
 from moe_testing import KIMI_SCALE, Problem, assert_close, make_problem
 
-from kernels.fused_moe import configs
+from kernels.fused_moe import block_configs as configs
 from kernels.fused_moe.routing import append_shared_slots, moe_align_block_size, select_experts
 
 CUDA = torch.cuda.is_available()

@@ -1,0 +1,269 @@
+"""Serving benchmark: our server vs vLLM's own OpenAI server, same checkpoint, same workload.
+
+    python benchmarks/serve.py [--model DIR] [--requests 48] [--concurrency 8]
+                               [--max-tokens 32] [--images 1] [--json PATH] [--only ours|vllm]
+
+Both servers run the tiny checkpoint (written to a temporary folder unless --model is given)
+with the same engine settings (float32, eager, max_model_len 4096, 1 GiB KV cache) and the same
+model class (the project's plugin). They run one after the other, never together. The workload
+is concurrent streaming chat requests, each with PNG images as data URLs (seeded sizes) and
+`ignore_eos`, so both sides generate exactly `--max-tokens` tokens per request. TTFT is the
+time to the first chunk that carries text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SERVED_NAME = "bench-model"
+ENGINE_FLAGS = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "4096",
+                "--gpu-memory-utilization", "0.3", "--max-num-seqs", "8"]  # fmt: skip
+IMAGE_SIZES = [(224, 224), (320, 240), (448, 336), (640, 480), (256, 512)]
+
+
+@dataclass
+class SideResult:
+    requests: int
+    seconds: float
+    output_tokens: int
+    req_per_s: float
+    output_tok_per_s: float
+    ttft_p50_s: float
+    ttft_p99_s: float
+    startup_s: float
+
+
+def say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _png_data_url(width: int, height: int, rng: random.Random) -> str:
+    color = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def build_workload(count: int, images: int, max_tokens: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    bodies = []
+    for i in range(count):
+        parts: list[dict] = [
+            {
+                "type": "image_url",
+                "image_url": {"url": _png_data_url(*rng.choice(IMAGE_SIZES), rng)},
+            }
+            for _ in range(images)
+        ]
+        parts.append({"type": "text", "text": f"Request {i}: describe the image in detail."})
+        bodies.append(
+            {
+                "model": SERVED_NAME,
+                "messages": [{"role": "user", "content": parts}],
+                "max_tokens": max_tokens,
+                "temperature": 0.0,
+                "ignore_eos": True,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+        )
+    return bodies
+
+
+@contextmanager
+def launched(
+    argv: list[str], ready_path: str, env: dict[str, str], log: Path
+) -> Iterator[tuple[str, float]]:
+    """Start a server, wait until `ready_path` answers 200, yield (base URL, startup seconds)."""
+    port = _free_port()
+    started = time.monotonic()
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [*argv, "--port", str(port)], cwd=REPO, env=env, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(base + ready_path, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() - started > 600:
+                raise RuntimeError("server did not become ready in 600 s")
+            time.sleep(0.5)
+        yield base, time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+async def _one(client: httpx.AsyncClient, url: str, body: dict) -> tuple[float, int]:
+    """(TTFT seconds, completion tokens) of one streamed request."""
+    start = time.perf_counter()
+    ttft: float | None = None
+    tokens = 0
+    async with client.stream("POST", url, json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if "error" in chunk:
+                raise RuntimeError(chunk["error"])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            for choice in chunk.get("choices", []):
+                if ttft is None and choice["delta"].get("content"):
+                    ttft = time.perf_counter() - start
+    return (ttft if ttft is not None else time.perf_counter() - start), tokens
+
+
+async def run_load(
+    base: str, bodies: list[dict], concurrency: int
+) -> tuple[float, list[float], int]:
+    url = base + "/v1/chat/completions"
+    gate = asyncio.Semaphore(concurrency)
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+
+        async def one(body: dict) -> tuple[float, int]:
+            async with gate:
+                return await _one(client, url, body)
+
+        for body in bodies[:2]:  # warm-up, not measured
+            await _one(client, url, body)
+        start = time.perf_counter()
+        results = await asyncio.gather(*(one(b) for b in bodies))
+        elapsed = time.perf_counter() - start
+    return elapsed, [t for t, _ in results], sum(n for _, n in results)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def measure(name: str, argv: list[str], ready: str, env: dict[str, str], bodies: list[dict],
+            concurrency: int, log: Path) -> SideResult:  # fmt: skip
+    say(f"[{name}] starting: {' '.join(argv[:4])} …")
+    with launched(argv, ready, env, log) as (base, startup):
+        elapsed, ttfts, tokens = asyncio.run(run_load(base, bodies, concurrency))
+    return SideResult(
+        requests=len(bodies),
+        seconds=elapsed,
+        output_tokens=tokens,
+        req_per_s=len(bodies) / elapsed,
+        output_tok_per_s=tokens / elapsed,
+        ttft_p50_s=statistics.median(ttfts),
+        ttft_p99_s=_percentile(ttfts, 0.99),
+        startup_s=startup,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="checkpoint folder (default: a fresh tiny one)")
+    parser.add_argument("--requests", type=int, default=48)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--images", type=int, default=1, help="images per request")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--only", choices=["ours", "vllm"], help="run one side only")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="kimi-vl-bench-"))
+    model = args.model
+    if model is None:
+        from server.engine.checkpoint import ensure_tiny_checkpoint
+
+        model = ensure_tiny_checkpoint(work / "tiny")
+    bodies = build_workload(args.requests, args.images, args.max_tokens)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KIMI_VL_")}
+    env["VLLM_CPU_KVCACHE_SPACE"] = "1"  # vLLM's server reads it; ours sets it from the preset
+    sides = {
+        "ours": (
+            [sys.executable, "-m", "server", "--preset", "tiny", "--model", str(model),
+             "--served-model-name", SERVED_NAME, "--log-level", "warning", *ENGINE_FLAGS,
+             "--limit-images-per-request", str(max(args.images, 1))],
+            "/ready",
+        ),
+        "vllm": (
+            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+             "--served-model-name", SERVED_NAME, *ENGINE_FLAGS,
+             "--limit-mm-per-prompt", json.dumps({"image": max(args.images, 1)})],
+            "/health",
+        ),
+    }  # fmt: skip
+    results: dict[str, SideResult] = {}
+    for name, (argv, ready) in sides.items():
+        if args.only in (None, name):
+            results[name] = measure(name, argv, ready, env, bodies, args.concurrency,
+                                    work / f"{name}.log")  # fmt: skip
+
+    say(
+        f"\n{args.requests} streaming chat requests, {args.images} image(s) each, "
+        f"{args.max_tokens} output tokens, concurrency {args.concurrency}, model {model}"
+    )
+    header = (
+        f"{'server':<8}{'req/s':>9}{'out tok/s':>11}{'TTFT p50':>11}{'TTFT p99':>11}{'start s':>9}"
+    )
+    say(header)
+    for name, r in results.items():
+        say(
+            f"{name:<8}{r.req_per_s:>9.2f}{r.output_tok_per_s:>11.1f}"
+            f"{r.ttft_p50_s * 1000:>9.0f}ms{r.ttft_p99_s * 1000:>9.0f}ms{r.startup_s:>9.1f}"
+        )
+    report: dict[str, object] = {name: asdict(r) for name, r in results.items()}
+    if "ours" in results and "vllm" in results:
+        ours, theirs = results["ours"], results["vllm"]
+        report["throughput_ratio"] = ours.req_per_s / theirs.req_per_s
+        report["output_tok_per_s_ratio"] = ours.output_tok_per_s / theirs.output_tok_per_s
+        report["ttft_p50_ratio"] = ours.ttft_p50_s / theirs.ttft_p50_s
+        report["ttft_p99_ratio"] = ours.ttft_p99_s / theirs.ttft_p99_s
+        say(
+            f"ours/vllm: throughput x{report['throughput_ratio']:.2f}, "
+            f"TTFT p50 x{report['ttft_p50_ratio']:.2f}, p99 x{report['ttft_p99_ratio']:.2f}"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -7,9 +7,9 @@ Per token count M it prints our time, the peer's time (measured in the same run,
 call interleaved; for each input the best of the rounds counts, because on a shared
 machine noise only ever adds time), ratio = peer / ours (> 1: we are faster), and the
 GB/s our run achieves on the expert weight bytes it must read (experts actually selected
-+ the shared MLP) next to the device's measured copy bandwidth. Each call uses a different
-layer's weights and fresh tokens, as consecutive decoder layers do, so weights are not
-served from cache.
++ the shared MLP) next to the device's measured read bandwidth. "rel diff" (max |ours -
+peer| / max |peer|, first input) checks that both compute the same block. Calls cycle
+through distinct layers' weights with fresh tokens, as consecutive decoder layers do.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ class Row:
     bandwidth_gbps: float
     backend: str
     dtype: str
+    rel_diff: float | None  # max |ours - peer| / max |peer| on the first input
 
 
 def device_name(device: torch.device) -> str:
@@ -72,18 +73,17 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def copy_bandwidth(device: torch.device) -> float:
-    """Measured device memory bandwidth in GB/s (read + write of a 512 MiB copy)."""
-    src = torch.empty(256 * 2**20, dtype=torch.float16, device=device).fill_(1.0)
-    dst = torch.empty_like(src)
+def read_bandwidth(device: torch.device) -> float:
+    """Measured device memory read bandwidth in GB/s (best sum over a 512 MiB tensor)."""
+    src = torch.ones(128 * 2**20, dtype=torch.float32, device=device)
     best = float("inf")
     for _ in range(5):
         sync(device)
         start = time.perf_counter()
-        dst.copy_(src)
+        src.sum()
         sync(device)
         best = min(best, time.perf_counter() - start)
-    return 2 * src.numel() * src.element_size() / best / 1e9
+    return src.numel() * src.element_size() / best / 1e9
 
 
 def make_layer(device: torch.device, dtype: torch.dtype, backend: str, seed: int) -> Layer:
@@ -124,8 +124,8 @@ def time_call(fn: Callable[[int], object], i: int, device: torch.device) -> floa
 
 def bench_m(
     layers: list[Layer], m: int, args: argparse.Namespace
-) -> tuple[float, float | None, float]:
-    """(ours seconds/call, peer seconds/call or None, bytes touched per call)."""
+) -> tuple[float, float | None, float, float | None]:
+    """(ours s/call, peer s/call or None, bytes touched per call, max |ours - peer| / max |peer|)."""
     device, dtype = layers[0].ours.device, layers[0].ours.dtype
     calls = max(len(layers), min(8, 1024 // m))  # ~constant work per round
     inputs = [
@@ -151,6 +151,11 @@ def bench_m(
         return layer.peer(*inputs[i])
 
     has_peer = layers[0].peer is not None
+    # Validate before timing: both must compute the same block.
+    diff = None
+    if has_peer:
+        expected = peer(0).float()
+        diff = ((ours(0).float() - expected).abs().max() / expected.abs().max()).item()
     best_ours, best_peer = [float("inf")] * calls, [float("inf")] * calls
     for r in range(args.rounds + 1):  # round 0 warms up (first-touch pages, JIT, caches)
         for i in range(calls):
@@ -169,7 +174,7 @@ def bench_m(
     touched = sum(
         touched_bytes(lg, layers[i % len(layers)].bias, size) for i, (_, lg) in enumerate(inputs)
     )
-    return ours_s, peer_s, touched / calls
+    return ours_s, peer_s, touched / calls, diff
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -191,28 +196,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> list[Row]:
     args = parse_args(argv)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    name, bandwidth = device_name(device), copy_bandwidth(device)
+    name, bandwidth = device_name(device), read_bandwidth(device)
     layers = [make_layer(device, dtype, args.backend, seed) for seed in range(args.layers)]
     out = sys.stdout
-    out.write(f"device: {name}; copy bandwidth {bandwidth:.1f} GB/s\n")
+    out.write(f"device: {name}; measured read bandwidth {bandwidth:.1f} GB/s\n")
     out.write(f"shape: E={E} top-{TOP_K} H={HIDDEN} N={WIDTH} shared={SHARED} {args.dtype}\n")
     out.write(f"ours: {layers[0].ours.backend}; peer: {layers[0].peer_name}\n")
     out.write(
-        f"{'M':>6} {'ours ms':>10} {'peer ms':>10} {'peer/ours':>10} {'GB/s':>8} {'% bw':>6}\n"
+        f"{'M':>6} {'ours ms':>10} {'peer ms':>10} {'peer/ours':>10} {'GB/s':>8} {'% bw':>6}"
+        f" {'rel diff':>9}\n"
     )
     rows = []
     for m in [int(v) for v in args.m.split(",")]:
-        ours_s, peer_s, touched = bench_m(layers, m, args)
+        ours_s, peer_s, touched, diff = bench_m(layers, m, args)
         ratio = peer_s / ours_s if peer_s is not None else None
         gbps = touched / ours_s / 1e9
         row = Row(
-            m, ours_s, peer_s, ratio, gbps, name, bandwidth, layers[0].ours.backend, args.dtype
+            m,
+            ours_s,
+            peer_s,
+            ratio,
+            gbps,
+            name,
+            bandwidth,
+            layers[0].ours.backend,
+            args.dtype,
+            diff,
         )
         rows.append(row)
         peer_ms = f"{peer_s * 1e3:10.2f}" if peer_s is not None else f"{'-':>10}"
         ratio_s = f"{ratio:10.2f}" if ratio is not None else f"{'-':>10}"
         share = 100 * gbps / bandwidth
-        out.write(f"{m:>6} {ours_s * 1e3:10.2f} {peer_ms} {ratio_s} {gbps:8.1f} {share:6.1f}\n")
+        diff_s = f"{diff:9.1e}" if diff is not None else f"{'-':>9}"
+        out.write(
+            f"{m:>6} {ours_s * 1e3:10.2f} {peer_ms} {ratio_s} {gbps:8.1f} {share:6.1f} {diff_s}\n"
+        )
         out.flush()
     if args.json:
         with open(args.json, "w") as f:

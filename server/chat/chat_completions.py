@@ -20,7 +20,7 @@ from server.chat.context import ServingContext
 from server.chat.images import check_image_count, prepare_images
 from server.chat.outputs import SSE_DONE, ChoiceState, chat_logprobs, sse_event
 from server.chat.prompt import render_prompt
-from server.chat.sampling import max_output_tokens, sampling_options
+from server.chat.sampling import check_token_ids, max_output_tokens, sampling_options
 from server.engine.contract import GenerateOutput, GenerateRequest
 from server.metrics import (
     IMAGE_TOKENS_PER_REQUEST,
@@ -67,6 +67,7 @@ class ChatCompletions:
         ctx.check_engine()
         ticket = ctx.gate.admit(request_id, request.n)
         try:
+            check_token_ids(request, ctx.vocab_size)
             rendered = render_prompt(request.messages, ctx.tokenizer, ctx.specials)
             check_image_count(rendered.images, ctx.settings.limit_images_per_request)
             images = await prepare_images(

@@ -56,6 +56,10 @@ class ServingContext:
         return SpecialIds.from_tokenizer(self.engine.tokenizer)
 
     @cached_property
+    def vocab_size(self) -> int:
+        return len(self.engine.tokenizer)
+
+    @cached_property
     def image_budget(self) -> ImageBudget:
         return ImageBudget.from_preprocessor(
             self.model_info.preprocessor_config, self.settings.in_token_limit

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from server.api.errors import ContextLengthExceeded
+from server.api.errors import ContextLengthExceeded, InvalidRequest
 from server.engine.contract import ModelInfo, SamplingOptions
 from server.protocol.common import SamplingRequest
 from server.settings import Settings
@@ -70,6 +70,22 @@ def max_output_tokens(
             )
         return requested
     return min(default, room) if default else room
+
+
+def check_token_ids(request: SamplingRequest, vocab_size: int) -> None:
+    """Token ids in `logit_bias` / `stop_token_ids` must exist (checked before streaming starts,
+    so a bad id is a 400 rather than an error event)."""
+    for name, ids in (
+        ("logit_bias", list(request.logit_bias or {})),
+        ("stop_token_ids", request.stop_token_ids),
+    ):
+        bad = [i for i in ids if i >= vocab_size]
+        if bad:
+            raise InvalidRequest(
+                f"Token id {bad[0]} in '{name}' is outside the vocabulary (size {vocab_size}).",
+                param=name,
+                code="invalid_value",
+            )
 
 
 def sampling_options(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from server.api.errors import APIError, InvalidRequest, sse_error_event
 from server.chat.context import ServingContext
 from server.chat.outputs import SSE_DONE, ChoiceState, merge_streams, sse_event
-from server.chat.sampling import max_output_tokens, sampling_options
+from server.chat.sampling import check_token_ids, max_output_tokens, sampling_options
 from server.engine.contract import GenerateOutput, GenerateRequest, TokenLogprob
 from server.metrics import TIME_TO_FIRST_CONTENT_TOKEN, TIME_TO_FIRST_TOKEN
 from server.protocol.common import Usage
@@ -87,6 +87,7 @@ class TextCompletions:
         ctx.check_engine()
         ticket = ctx.gate.admit(request_id, request.n * len(request.prompt))
         try:
+            check_token_ids(request, ctx.vocab_size)
             prompts = self._encode(request)
             engine_requests = []
             for i, ids in enumerate(prompts):

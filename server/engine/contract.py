@@ -164,6 +164,10 @@ class Tokenizer(Protocol):
 
     def convert_tokens_to_ids(self, tokens: str) -> int: ...
 
+    def __len__(self) -> int:
+        """Vocabulary size, special tokens included."""
+        ...
+
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = ...) -> str: ...
 
 

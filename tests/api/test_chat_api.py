@@ -243,3 +243,11 @@ async def test_engine_failure_mid_stream_is_an_sse_error(make_client: Any) -> No
     assert engine.closed == [engine.requests[0].request_id]
     non_stream = await client.post(URL, json=_body())
     assert non_stream.status_code == 500 and "Traceback" not in non_stream.text
+
+
+async def test_token_ids_outside_the_vocabulary(make_client: Any) -> None:
+    client, engine = await make_client()
+    for field, value in (("logit_bias", {"999999": 5}), ("stop_token_ids", [999999])):
+        response = await client.post(URL, json=_body(stream=True, **{field: value}))
+        assert response.status_code == 400 and response.json()["error"]["param"] == field
+    assert not engine.requests

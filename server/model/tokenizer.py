@@ -15,6 +15,7 @@ import tiktoken
 from transformers import AddedToken, PreTrainedTokenizer
 
 VOCAB_FILE = "tiktoken.model"
+TURN_END = "<|im_end|>"
 NUM_RESERVED_SPECIAL_TOKENS = 256
 DEFAULT_CHAT_TEMPLATE_PATH = Path(__file__).with_name("chat_template.jinja")
 
@@ -158,6 +159,12 @@ class TikTokenTokenizer(PreTrainedTokenizer):
         reserved = [t for t in self.special_tokens if t not in named_extra]
         if chat_template is None:
             chat_template = DEFAULT_CHAT_TEMPLATE_PATH.read_text(encoding="utf-8")
+        if str(eos_token) == "[EOS]" and TURN_END in self.special_tokens:
+            # Every turn ends with <|im_end|>, but the checkpoints declare only [EOS]; vLLM
+            # stops on the tokenizer's EOS plus generation_config's eos ids ([EOS]), so
+            # reporting <|im_end|> here makes stock vLLM stop on both (llama.cpp patched
+            # Kimi-VL's EOS the same way; KIMI_VL.md §8.1).
+            eos_token = TURN_END
         kwargs.setdefault("special_tokens_pattern", "none")  # no BOS/EOS added on encode
         kwargs.setdefault("clean_up_tokenization_spaces", False)
         super().__init__(

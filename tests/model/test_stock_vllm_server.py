@@ -61,11 +61,12 @@ def test_stock_vllm_server_serves_an_image_request(tiny_ckpt: Path, tmp_path: Pa
         else:
             pytest.fail("vLLM server did not become healthy:\n" + log.read_text()[-3000:])
 
-        def ask(content: list[dict]) -> dict:
+        def ask(content: list[dict], **extra: object) -> dict:
             body = {
                 "model": str(tiny_ckpt),
                 "messages": [{"role": "user", "content": content}],
                 "max_tokens": 4,
+                **extra,
             }
             r = httpx.post(f"{base}/v1/chat/completions", json=body, timeout=120)
             assert r.status_code == 200, r.text
@@ -85,6 +86,14 @@ def test_stock_vllm_server_serves_an_image_request(tiny_ckpt: Path, tmp_path: Pa
         assert (
             added - image_tokens == 5
         )  # <|media_start|> image <|media_content|> ... <|media_end|>
+        # Generation stops on both <|im_end|> and [EOS] (forced here with a logit bias).
+        from server.model.tokenizer import TikTokenTokenizer
+
+        vocab = TikTokenTokenizer.from_pretrained(str(tiny_ckpt)).get_vocab()
+        for stop in ("<|im_end|>", "[EOS]"):
+            out = ask([{"type": "text", "text": "hi"}], logit_bias={str(vocab[stop]): 100})
+            assert out["choices"][0]["finish_reason"] == "stop", (stop, out)
+            assert out["usage"]["completion_tokens"] == 1
         logs = log.read_text()
         assert (
             "kimi-vl-server plugin: KimiVLForConditionalGeneration -> server.model.kimi_vl" in logs

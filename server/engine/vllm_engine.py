@@ -251,6 +251,9 @@ class VLLMEngine:
             params = sampling_params(request.sampling, self._stop_ids)
         except (ValueError, VLLMClientError) as exc:
             raise RequestRejectedError(str(exc)) from exc
+        # A token prompt dict: vLLM runs the plugin's multimodal processor on it in a worker
+        # thread (AsyncLLM logs once that raw prompts are "deprecated" in favour of its renderer;
+        # 0.32 is pinned, and the renderer path would need the same processing off the loop).
         prompt: dict[str, Any] = {"prompt_token_ids": list(request.prompt_token_ids)}
         if request.multi_modal_data:
             prompt["multi_modal_data"] = dict(request.multi_modal_data)

@@ -136,7 +136,7 @@ def decode_video(
             )
         targets = sample_times(duration, options.fps, options.max_frames)
         picked: list[tuple[float, Image.Image]] = []
-        last: tuple[float, Image.Image] | None = None
+        last: tuple[float, av.VideoFrame] | None = None
         decoded = 0
         try:
             for frame in container.decode(stream):

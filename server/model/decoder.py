@@ -138,6 +138,7 @@ class TextModel(nn.Module):
             x, residual = intermediate_tensors["hidden_states"], intermediate_tensors["residual"]
         for layer in self.layers[self.start_layer : self.end_layer]:
             x, residual = layer(positions, x, residual)
+        assert residual is not None  # at least one layer per pipeline stage
         if not get_pp_group().is_last_rank:
             return IntermediateTensors({"hidden_states": x, "residual": residual})
         x, _ = self.norm(x, residual)

@@ -108,7 +108,7 @@ class KimiVLForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
         kh, kw = self.config.vision_config.merge_kernel_size
         return [h * w // (kh * kw) for h, w in grids]
 
-    def embed_multimodal(self, **kwargs: object) -> NestedTensors | None:
+    def embed_multimodal(self, **kwargs: object) -> NestedTensors | None:  # type: ignore[override]
         """Per item (image, or whole video) embeddings, in the order vLLM passed the items."""
         if kwargs.get("pixel_values") is not None:
             grids = self._grids(kwargs["image_grid_hws"])
@@ -257,6 +257,7 @@ class KimiVLForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
                 raise CheckpointMismatchError(f"checkpoint is missing tensor {name!r}")
         self.vision_tower._cache.clear()
         for layer in self.language_model.model.layers:
-            if isinstance(getattr(layer, "mlp", None), KimiMoE):
-                layer.mlp.finalize()
+            mlp = getattr(layer, "mlp", None)
+            if isinstance(mlp, KimiMoE):
+                mlp.finalize()
         return done

@@ -19,6 +19,20 @@ from vllm.distributed import (
 from kernels.fused_moe import MoEWeights, fused_moe
 
 
+class Router(nn.Module):
+    """`mlp.gate.weight` [E, H] and `mlp.gate.e_score_correction_bias` [E] (noaux_tc routing)."""
+
+    def __init__(self, experts: int, hidden: int, *, with_bias: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(experts, hidden))
+        # Routing runs in fp32; keep the bias there whatever the model dtype.
+        self.e_score_correction_bias = (
+            nn.Parameter(torch.zeros(experts, dtype=torch.float32), requires_grad=False)
+            if with_bias
+            else None
+        )
+
+
 class KimiMoE(nn.Module):
     def __init__(self, config, prefix: str = "") -> None:  # type: ignore[no-untyped-def]
         super().__init__()
@@ -46,14 +60,7 @@ class KimiMoE(nn.Module):
         self.scaling = float(getattr(config, "routed_scaling_factor", 1.0))
         self.renormalize = bool(getattr(config, "norm_topk_prob", True))
 
-        self.gate = nn.Module()
-        self.gate.weight = nn.Parameter(torch.empty(e, h))
-        # Routing runs in fp32; keep the bias there whatever the model dtype.
-        self.gate.e_score_correction_bias = nn.Parameter(
-            torch.zeros(e, dtype=torch.float32), requires_grad=False
-        )
-        if getattr(config, "topk_method", "noaux_tc") != "noaux_tc":
-            self.gate.e_score_correction_bias = None
+        self.gate = Router(e, h, with_bias=getattr(config, "topk_method", "noaux_tc") == "noaux_tc")
         self.w13 = nn.Parameter(torch.empty(e, 2 * self.n_local, h), requires_grad=False)
         self.w2 = nn.Parameter(torch.empty(e, h, self.n_local), requires_grad=False)
         self.shared_w13 = (

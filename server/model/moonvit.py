@@ -44,12 +44,19 @@ class _GridCache:
         self._items.clear()
 
 
+class PositionTable(nn.Module):
+    """The learned [64, 64, C] table (checkpoint name `pos_emb.weight`)."""
+
+    def __init__(self, pos_h: int, pos_w: int, hidden: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(pos_h, pos_w, hidden))
+
+
 class PatchEmbed(nn.Module):
     def __init__(self, hidden: int, patch: int, pos_h: int, pos_w: int) -> None:
         super().__init__()
         self.proj = nn.Conv2d(3, hidden, kernel_size=patch, stride=patch)
-        self.pos_emb = nn.Module()
-        self.pos_emb.weight = nn.Parameter(torch.empty(pos_h, pos_w, hidden))
+        self.pos_emb = PositionTable(pos_h, pos_w, hidden)
 
     def embed(self, patches: torch.Tensor) -> torch.Tensor:
         # A stride-14 conv over one 14x14 patch is a linear map of the flattened patch.

@@ -40,10 +40,11 @@ RUN apt-get update \
 # The project stays at /app (editable install): presets are read from /app/configs, beside the
 # `server` package (server/settings.py CONFIGS_DIR), which a wheel install would not ship.
 WORKDIR /app
-COPY pyproject.toml README.md ./
-# Dependencies first, against empty packages: editing the sources does not reinstall vLLM.
+COPY pyproject.toml ./
+# Dependencies first, against empty packages (and README, which pyproject names): editing the
+# sources or the docs does not reinstall vLLM.
 RUN mkdir -p server kernels \
-    && touch server/__init__.py kernels/__init__.py \
+    && touch README.md server/__init__.py kernels/__init__.py \
     && python3.12 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir -e ".[gpu]"
 ARG RAY_VERSION=""

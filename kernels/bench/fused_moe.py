@@ -7,7 +7,7 @@ Per token count M it prints our time, the peer's time (measured in the same run,
 call interleaved; for each input the best of the rounds counts, because on a shared
 machine noise only ever adds time), ratio = peer / ours (> 1: we are faster), and the
 GB/s our run achieves on the expert weight bytes it must read (experts actually selected
-+ the shared MLP) next to the device's measured read bandwidth. "rel diff" (max |ours -
++ the shared MLP) next to the device's measured memory bandwidth. "rel diff" (max |ours -
 peer| / max |peer|, first input) checks that both compute the same block. Calls cycle
 through distinct layers' weights with fresh tokens, as consecutive decoder layers do.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -73,17 +74,21 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def read_bandwidth(device: torch.device) -> float:
-    """Measured device memory read bandwidth in GB/s (best sum over a 512 MiB tensor)."""
+def memory_bandwidth(device: torch.device) -> float:
+    """Measured memory bandwidth in GB/s: best of a streaming sum (read) and a copy
+    (read + write) over 512 MiB; neither alone reaches the peak on every device."""
     src = torch.ones(128 * 2**20, dtype=torch.float32, device=device)
-    best = float("inf")
-    for _ in range(5):
-        sync(device)
-        start = time.perf_counter()
-        src.sum()
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return src.numel() * src.element_size() / best / 1e9
+    dst = torch.empty_like(src)
+    nbytes = src.numel() * src.element_size()
+    best = 0.0
+    for fn, traffic in ((src.sum, nbytes), (lambda: dst.copy_(src), 2 * nbytes)):
+        for _ in range(5):
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            best = max(best, traffic / (time.perf_counter() - start) / 1e9)
+    return best
 
 
 def make_layer(device: torch.device, dtype: torch.dtype, backend: str, seed: int) -> Layer:
@@ -196,10 +201,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> list[Row]:
     args = parse_args(argv)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    name, bandwidth = device_name(device), read_bandwidth(device)
+    name, bandwidth = device_name(device), memory_bandwidth(device)
     layers = [make_layer(device, dtype, args.backend, seed) for seed in range(args.layers)]
     out = sys.stdout
-    out.write(f"device: {name}; measured read bandwidth {bandwidth:.1f} GB/s\n")
+    load_before = os.getloadavg()[0]
+    out.write(f"device: {name}; measured memory bandwidth {bandwidth:.1f} GB/s\n")
     out.write(f"shape: E={E} top-{TOP_K} H={HIDDEN} N={WIDTH} shared={SHARED} {args.dtype}\n")
     out.write(f"ours: {layers[0].ours.backend}; peer: {layers[0].peer_name}\n")
     out.write(
@@ -232,6 +238,15 @@ def main(argv: list[str] | None = None) -> list[Row]:
             f"{m:>6} {ours_s * 1e3:10.2f} {peer_ms} {ratio_s} {gbps:8.1f} {share:6.1f} {diff_s}\n"
         )
         out.flush()
+    # Other processes on the machine make every number worse: say how busy it was.
+    out.write(f"1-min load average: {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
+    out.write(f" ({os.cpu_count()} CPUs; well above 1 means the timings are contaminated)\n")
+    # The bandwidth of a shared machine drifts: keep the best seen before or after.
+    final = max(bandwidth, memory_bandwidth(device))
+    if final > bandwidth:
+        out.write(f"memory bandwidth re-measured after the run: {final:.1f} GB/s\n")
+        for row in rows:
+            row.bandwidth_gbps = final
     if args.json:
         with open(args.json, "w") as f:
             json.dump([asdict(r) for r in rows], f, indent=2)

@@ -32,8 +32,11 @@ def _silu_and_mul(gate_up: Tensor) -> Tensor:
 def _cpu_linear(ops: Any, weight: Tensor) -> Callable[[Tensor], Tensor]:
     """vLLM's CPU dense GEMM choice for an unquantized linear (oneDNN when built with it)."""
     if getattr(ops, "_supports_onednn", False):
-        handler = ops.create_onednn_mm(weight.t(), 32)
-        return lambda x: ops.onednn_mm(handler, x, None)
+        try:
+            handler = ops.create_onednn_mm(weight.t(), 32)
+            return lambda x: ops.onednn_mm(handler, x, None)
+        except RuntimeError:  # e.g. fp16 without native support: vLLM falls back likewise
+            pass
     return lambda x: F.linear(x, weight)
 
 

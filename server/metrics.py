@@ -77,6 +77,11 @@ VIDEO_FRAMES_PER_REQUEST = Histogram(
     "Video frames sampled for one request.",
     buckets=_COUNT_BUCKETS,
 )
+VIDEO_TOKENS_PER_REQUEST = Histogram(
+    "kimi_vl_video_tokens_per_request",
+    "Prompt tokens the videos of one request expand to (frames' image blocks and timestamps).",
+    buckets=_TOKEN_BUCKETS,
+)
 REJECTED_REQUESTS = Counter(
     "kimi_vl_rejected_requests",
     "Requests answered with an error, by error code.",

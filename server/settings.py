@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -31,6 +31,12 @@ TINY_PRESET = "tiny"  # applies when neither a model nor a preset is given
 # Pillow refuses images above 2 * Image.MAX_IMAGE_PIXELS before we can apply our own cap, so a
 # larger setting could never take effect; keep the limit honest instead of silently ignoring it.
 PILLOW_HARD_PIXEL_LIMIT = 2 * 89_478_485
+# = server.model.processing.MAX_VIDEO_TOKENS (vLLM sizes its encoder cache from it; importing
+# that module here would load vLLM into every CLI call — tests/unit/test_settings.py keeps the
+# two equal).
+MAX_VIDEO_TOKENS_CAP = 32768
+MAX_VIDEO_FRAMES_CAP = 512
+MAX_VIDEO_FPS_CAP = 60.0
 
 # Fields with no CLI flag (environment only).
 ENV_ONLY_FIELDS = frozenset({"prometheus_multiproc_dir"})
@@ -195,7 +201,34 @@ class Settings(BaseSettings):
 
     # -- media ----------------------------------------------------------------------------------
     limit_images_per_request: int = Field(
-        default=64, ge=0, le=512, description="max images (incl. video frames) per request"
+        default=64, ge=0, le=512, description="max images per request (video frames apart)"
+    )
+    limit_videos_per_request: int = Field(
+        default=4, ge=0, le=8, description="max videos per request"
+    )
+    max_video_fps: float = Field(
+        default=4.0, gt=0.0, le=MAX_VIDEO_FPS_CAP, description="largest video.fps a request may ask"
+    )
+    video_fps: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=MAX_VIDEO_FPS_CAP,
+        description="frames sampled per second of video when a request sets no video.fps",
+    )
+    max_video_frames: int = Field(
+        default=64,
+        ge=1,
+        le=MAX_VIDEO_FRAMES_CAP,
+        description="frames per video (default and largest video.max_frames)",
+    )
+    max_video_tokens: int = Field(
+        default=16384,
+        ge=1,
+        le=MAX_VIDEO_TOKENS_CAP,
+        description="image tokens of one video's frames (default and largest video.max_tokens)",
+    )
+    max_video_seconds: float = Field(
+        default=3600.0, gt=0.0, le=86400.0, description="longest video accepted, in seconds"
     )
     max_image_pixels: int = Field(
         default=50_000_000,
@@ -280,6 +313,14 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return Path(value).expanduser()
+
+    @field_validator("video_fps")
+    @classmethod
+    def _video_fps_within_cap(cls, value: float, info: ValidationInfo) -> float:
+        cap = info.data.get("max_video_fps")  # declared above video_fps, so validated first
+        if cap is not None and value > cap:
+            raise ValueError(f"exceeds --max-video-fps ({cap:g})")
+        return value
 
     @property
     def uses_tiny_checkpoint(self) -> bool:

@@ -89,6 +89,14 @@ class TooManyImages(InvalidRequest):
     code = "too_many_images"
 
 
+class TooManyVideos(InvalidRequest):
+    code = "too_many_videos"
+
+
+class InvalidVideoURL(InvalidRequest):
+    code = "invalid_video_url"
+
+
 class MediaFetchFailed(InvalidRequest):
     code = "media_fetch_failed"
 

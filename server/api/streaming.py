@@ -8,7 +8,7 @@ goes away stops costing GPU time within one engine step.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import TypeVar
 
 from fastapi import Request
@@ -29,8 +29,10 @@ class EventStreamResponse(StreamingResponse):
 
     media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncGenerator[str, None]) -> None:
-        super().__init__(events, headers=_SSE_HEADERS)
+    def __init__(
+        self, events: AsyncGenerator[str, None], headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(events, headers={**_SSE_HEADERS, **(headers or {})})
         self._events = events
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -13,7 +13,8 @@ import secrets
 import time
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from server.api.errors import APIError, sse_error_event
 from server.chat.context import ServingContext
@@ -21,12 +22,15 @@ from server.chat.images import check_image_count, prepare_images
 from server.chat.outputs import SSE_DONE, ChoiceState, chat_logprobs, sse_event
 from server.chat.prompt import render_prompt
 from server.chat.sampling import check_token_ids, max_output_tokens, sampling_options
+from server.chat.videos import PreparedVideo, prepare_videos, video_block_tokens
 from server.engine.contract import GenerateOutput, GenerateRequest
 from server.metrics import (
     IMAGE_TOKENS_PER_REQUEST,
     IMAGES_PER_REQUEST,
     TIME_TO_FIRST_CONTENT_TOKEN,
     TIME_TO_FIRST_TOKEN,
+    VIDEO_FRAMES_PER_REQUEST,
+    VIDEO_TOKENS_PER_REQUEST,
 )
 from server.protocol.chat import (
     ChatCompletion,
@@ -54,6 +58,7 @@ class PreparedChat:
     created: int
     started: float  # time.perf_counter() when handling began (for TTFT)
     done: Callable[[], None]  # releases the admission ticket; idempotent
+    headers: dict[str, str] = field(default_factory=dict)  # extra response headers
 
 
 class ChatCompletions:
@@ -70,12 +75,30 @@ class ChatCompletions:
             check_token_ids(request, ctx.vocab_size)
             rendered = render_prompt(request.messages, ctx.tokenizer, ctx.specials)
             check_image_count(rendered.images, ctx.settings.limit_images_per_request)
+            video_options = ctx.video_policy.options(request.video)
+            ctx.video_policy.check_count(rendered.videos)
             images = await prepare_images(
                 rendered.images, limits=ctx.media_limits, budget=ctx.image_budget
             )
+            videos = await prepare_videos(
+                rendered.videos,
+                options=video_options,
+                limits=ctx.media_limits,
+                cfg=ctx.image_budget.model,
+                max_seconds=ctx.video_policy.max_seconds,
+                tokenizer=ctx.tokenizer,
+            )
             image_tokens = sum(image.num_tokens for image in images)
-            # Each image's single <|media_pad|> expands to its token count in the engine.
-            num_prompt_tokens = len(rendered.token_ids) + image_tokens - len(images)
+            video_tokens = sum(video.num_prompt_tokens for video in videos)
+            # Each image's single <|media_pad|> expands to its token count in the engine; each
+            # video's whole block is replaced by its frames (server/chat/videos.py).
+            num_prompt_tokens = (
+                len(rendered.token_ids)
+                + image_tokens
+                - len(images)
+                + video_tokens
+                - len(videos) * video_block_tokens(ctx.tokenizer)
+            )
             max_tokens = max_output_tokens(
                 request.effective_max_tokens,
                 num_prompt_tokens,
@@ -96,11 +119,16 @@ class ChatCompletions:
         IMAGES_PER_REQUEST.observe(len(images))
         if images:
             IMAGE_TOKENS_PER_REQUEST.observe(image_tokens)
+        media: dict[str, list[Any]] = {}
+        if images:
+            media["image"] = [image.image for image in images]
+        if videos:
+            media["video"] = [video.engine_item() for video in videos]
         engine_request = GenerateRequest(
             request_id=ticket.request_id,
             prompt_token_ids=rendered.token_ids,
             sampling=options,
-            multi_modal_data={"image": [image.image for image in images]} if images else None,
+            multi_modal_data=media or None,
         )
         return PreparedChat(
             request=request,
@@ -111,6 +139,7 @@ class ChatCompletions:
             created=int(time.time()),
             started=started,
             done=ticket.release,
+            headers=_video_report(videos),
         )
 
     # -- non-streaming ----------------------------------------------------------------------
@@ -236,6 +265,17 @@ class ChatCompletions:
             ],
         )
         return sse_event(chunk.model_dump_json())
+
+
+def _video_report(videos: list[PreparedVideo]) -> dict[str, str]:
+    """Frames and prompt tokens the videos used: metrics, and headers for the client."""
+    if not videos:
+        return {}
+    frames = sum(video.num_frames for video in videos)
+    tokens = sum(video.num_prompt_tokens for video in videos)
+    VIDEO_FRAMES_PER_REQUEST.observe(frames)
+    VIDEO_TOKENS_PER_REQUEST.observe(tokens)
+    return {"X-Video-Frames": str(frames), "X-Video-Tokens": str(tokens)}
 
 
 def _usage(states: list[ChoiceState], prompt_tokens: int, cached: int) -> Usage:

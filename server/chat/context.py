@@ -10,6 +10,7 @@ from server.chat.admission import AdmissionGate
 from server.chat.images import ImageBudget
 from server.chat.prompt import SpecialIds
 from server.chat.sampling import generation_defaults
+from server.chat.videos import VideoPolicy
 from server.engine.contract import Engine, ModelInfo, Tokenizer
 from server.media import MediaLimits
 from server.settings import Settings
@@ -22,6 +23,7 @@ class ServingContext:
         self.settings = settings
         self.engine = engine
         self.media_limits = MediaLimits.from_settings(settings)
+        self.video_policy = VideoPolicy.from_settings(settings)
         self.gate = AdmissionGate(
             settings.max_queued_requests, lambda: self.engine.model_info.max_num_seqs
         )

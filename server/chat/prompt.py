@@ -10,7 +10,8 @@ without special-token strings the ids equal tokenizing the template's rendering
 
 Earlier assistant turns lose their ◁think▷ reasoning (Moonshot's demo does the same); each image
 part becomes `<|media_start|>image<|media_content|><|media_pad|><|media_end|>`, whose single
-pad vLLM's processor expands to the image's token count.
+pad vLLM's processor expands to the image's token count; each video part becomes the same block
+with `video`, which the processor replaces by its frames (server/chat/videos.py counts them).
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from server.api.errors import UnsupportedParameter
 from server.chat.reasoning import strip_reasoning
 from server.protocol.chat import ChatMessage
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant"
 IMAGE_MARKER_TEXT = "image"  # the plain text between <|media_start|> and <|media_content|>
+VIDEO_MARKER_TEXT = "video"
 
 
 class PromptTokenizer(Protocol):
@@ -85,10 +86,24 @@ class ImageRef:
         return f"messages[{self.message_index}].content[{self.part_index}].image_url"
 
 
+@dataclass(frozen=True, slots=True)
+class VideoRef:
+    """A video part of the request, in prompt order."""
+
+    message_index: int
+    part_index: int
+    url: str
+
+    @property
+    def param(self) -> str:
+        return f"messages[{self.message_index}].content[{self.part_index}].video_url"
+
+
 @dataclass(slots=True)
 class RenderedPrompt:
     token_ids: list[int]
     images: list[ImageRef] = field(default_factory=list)
+    videos: list[VideoRef] = field(default_factory=list)
 
 
 class _IdBuilder:
@@ -125,9 +140,10 @@ def render_prompt(
     *,
     add_generation_prompt: bool = True,
 ) -> RenderedPrompt:
-    """Token ids of the conversation plus the image parts that fill its media pads, in order."""
+    """Token ids of the conversation plus the image and video parts behind its media blocks."""
     out = _IdBuilder(tokenizer)
     images: list[ImageRef] = []
+    videos: list[VideoRef] = []
     if not messages or template_role(messages[0]) != "system":
         _turn(out, specials, "system", DEFAULT_SYSTEM_PROMPT)
     for m, message in enumerate(messages):
@@ -142,23 +158,25 @@ def render_prompt(
                 out.text(part.text or "")
             elif part.type == "image_url" and part.image_url is not None:
                 images.append(ImageRef(m, p, part.image_url.url, part.image_url.detail))
-                out.special(specials.media_start)
-                out.text(IMAGE_MARKER_TEXT)
-                out.special(specials.media_content)
-                out.special(specials.media_pad)
-                out.special(specials.media_end)
-            else:
-                raise UnsupportedParameter(
-                    "Video input is not supported by this server yet.",
-                    param=f"messages[{m}].content[{p}]",
-                )
+                _media_block(out, specials, IMAGE_MARKER_TEXT)
+            elif part.type == "video_url" and part.video_url is not None:
+                videos.append(VideoRef(m, p, part.video_url.url))
+                _media_block(out, specials, VIDEO_MARKER_TEXT)
         out.special(specials.im_end)
     if add_generation_prompt:
         out.special(specials.im_assistant)
         out.text("assistant")
         out.special(specials.im_middle)
     out.flush()
-    return RenderedPrompt(token_ids=out.ids, images=images)
+    return RenderedPrompt(token_ids=out.ids, images=images, videos=videos)
+
+
+def _media_block(out: _IdBuilder, specials: SpecialIds, marker: str) -> None:
+    out.special(specials.media_start)
+    out.text(marker)
+    out.special(specials.media_content)
+    out.special(specials.media_pad)
+    out.special(specials.media_end)
 
 
 def _turn(out: _IdBuilder, specials: SpecialIds, role: str, text: str) -> None:

@@ -64,7 +64,10 @@ def engine_args(settings: Settings, model: str) -> Any:
         "pipeline_parallel_size": settings.pipeline_parallel_size,
         "data_parallel_size": settings.data_parallel_size,
         "gpu_memory_utilization": settings.gpu_memory_utilization,
-        "limit_mm_per_prompt": {"image": settings.limit_images_per_request},
+        "limit_mm_per_prompt": {
+            "image": settings.limit_images_per_request,
+            "video": settings.limit_videos_per_request,
+        },
         "seed": 0,
         # Prometheus `vllm:*` metrics come from the stat loggers, which need log_stats.
         "disable_log_stats": False,

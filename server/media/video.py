@@ -134,7 +134,9 @@ def decode_video(
             raise VideoTooLong(
                 f"The video lasts {duration:.0f} s; this server accepts at most {max_duration_s:.0f} s."
             )
-        targets = sample_times(duration, options.fps, options.max_frames)
+        # A frame costs at least one token, so a budget below max_frames also caps the count.
+        max_frames = max(1, min(options.max_frames, options.max_tokens))
+        targets = sample_times(duration, options.fps, max_frames)
         picked: list[tuple[float, Image.Image]] = []
         last: tuple[float, av.VideoFrame] | None = None
         decoded = 0

@@ -134,13 +134,17 @@ class ChatMessage(BaseModel):
 
 
 class VideoOptions(BaseModel):
-    """Server extension: how `video_url` parts are sampled into frames."""
+    """Server extension: how `video_url` parts are sampled into frames.
+
+    Unset fields take the server's defaults; the server's caps are checked in server/chat/.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    fps: float | None = Field(default=None, gt=0.0, le=60.0)
-    max_frames: int | None = Field(default=None, ge=1, le=512)
-    max_tokens: int | None = Field(default=None, ge=1)
+    fps: float | None = Field(default=None, gt=0.0)
+    max_frames: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)  # image tokens of one video's frames
+    timestamps: bool | None = None  # `MM:SS` text before each frame; on unless false
 
 
 class ChatCompletionRequest(SamplingRequest):

@@ -104,3 +104,9 @@ def test_pixel_cap() -> None:
             max_pixels=1000,
             max_duration_s=60,
         )
+
+
+def test_token_budget_below_frame_count_caps_frames() -> None:
+    """Every frame costs at least one token: a budget of 3 allows at most 3 frames."""
+    v = decode(videos.mp4(seconds=3.0), fps=4.0, max_tokens=3)
+    assert len(v.timestamps) == 3 and v.num_tokens <= 3

@@ -25,6 +25,7 @@ EXPECTED_NAMES = [
     "kimi_vl_images_per_request",
     "kimi_vl_image_tokens_per_request",
     "kimi_vl_video_frames_per_request",
+    "kimi_vl_video_tokens_per_request",
     "kimi_vl_rejected_requests_total",
     "kimi_vl_requests_in_flight",
     "kimi_vl_queued_requests",

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from server.api.errors import UnsupportedParameter
 from server.chat.prompt import SpecialIds, render_prompt
 from server.chat.reasoning import strip_reasoning
 from server.model.tokenizer import TikTokenTokenizer
@@ -123,8 +122,19 @@ def test_reasoning_of_earlier_turns_is_dropped(kimi_tokenizer: TikTokenTokenizer
     assert "secret plan" not in text and "answer" in text
 
 
-def test_video_parts_are_refused(kimi_tokenizer: TikTokenTokenizer) -> None:
-    raw = [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "x.mp4"}}]}]
-    with pytest.raises(UnsupportedParameter) as info:
-        render_prompt(_messages(raw), kimi_tokenizer, SpecialIds.from_tokenizer(kimi_tokenizer))
-    assert info.value.param == "messages[0].content[0]"
+def test_video_part_renders_as_a_video_block(kimi_tokenizer: TikTokenTokenizer) -> None:
+    specials = SpecialIds.from_tokenizer(kimi_tokenizer)
+    video = {"type": "video_url", "video_url": {"url": "x.mp4"}}
+    raw = [{"role": "user", "content": [IMAGE, {"type": "text", "text": "then"}, video]}]
+    rendered = render_prompt(_messages(raw), kimi_tokenizer, specials)
+    text = (
+        "<|im_system|>system<|im_middle|>You are a helpful assistant<|im_end|>"
+        "<|im_user|>user<|im_middle|><|media_start|>image<|media_content|><|media_pad|>"
+        "<|media_end|>then<|media_start|>video<|media_content|><|media_pad|><|media_end|>"
+        "<|im_end|><|im_assistant|>assistant<|im_middle|>"
+    )
+    assert rendered.token_ids == kimi_tokenizer.encode(text, add_special_tokens=False)
+    assert [ref.param for ref in rendered.images] == ["messages[0].content[0].image_url"]
+    assert [(ref.url, ref.param) for ref in rendered.videos] == [
+        ("x.mp4", "messages[0].content[2].video_url")
+    ]

@@ -42,6 +42,13 @@ def test_defaults() -> None:
     assert settings.model_name == "kimi-vl-tiny"
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)
     assert settings.limit_images_per_request == 64
+    assert (settings.limit_videos_per_request, settings.video_fps, settings.max_video_fps) == (
+        4,
+        1.0,
+        4.0,
+    )
+    assert (settings.max_video_frames, settings.max_video_tokens) == (64, 16384)
+    assert settings.max_video_seconds == 3600
     assert settings.open_health_and_metrics is True
     assert settings.api_keys == []
     # No model and no preset: the tiny checkpoint with the tiny preset's engine settings.
@@ -222,6 +229,12 @@ FLAG_CASES: dict[str, tuple[list[str], object]] = {
     "gpu_memory_utilization": (["--gpu-memory-utilization", "0.5"], 0.5),
     "kv_cache_space_gib": (["--kv-cache-space-gib", "2.5"], 2.5),
     "limit_images_per_request": (["--max-images-per-request", "512"], 512),
+    "limit_videos_per_request": (["--limit-videos-per-request", "8"], 8),
+    "max_video_fps": (["--max-video-fps", "8"], 8.0),
+    "video_fps": (["--video-fps", "0.5"], 0.5),
+    "max_video_frames": (["--max-video-frames", "512"], 512),
+    "max_video_tokens": (["--max-video-tokens", "32768"], 32768),
+    "max_video_seconds": (["--max-video-seconds", "90"], 90.0),
     "max_image_pixels": (["--max-image-pixels", "1000000"], 1_000_000),
     "media_fetch_timeout": (["--media-fetch-timeout", "2.5"], 2.5),
     "max_media_bytes": (["--max-media-bytes", "1000"], 1000),
@@ -246,6 +259,14 @@ def test_flag_table_covers_every_field() -> None:
 def test_every_flag_parsed(field: str) -> None:
     argv, want = FLAG_CASES[field]
     assert getattr(cli.parse_settings(argv), field) == want
+
+
+def test_video_fps_within_its_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(InvalidSettings, match="--video-fps.*exceeds --max-video-fps"):
+        load_settings({"video_fps": 2.0, "max_video_fps": 1.5})
+    monkeypatch.setenv("KIMI_VL_MAX_VIDEO_FPS", "10")
+    monkeypatch.setenv("KIMI_VL_VIDEO_FPS", "6")
+    assert (load_settings().video_fps, load_settings().max_video_fps) == (6.0, 10.0)
 
 
 def test_limit_images_flag_spellings() -> None:
@@ -281,6 +302,12 @@ def test_help_lists_every_flag_and_env_var(capsys: pytest.CaptureFixture[str]) -
         ["--tensor-parallel-size", "0"],
         ["--log-level", "loud"],
         ["--max-image-pixels", "999999999"],
+        ["--max-video-frames", "513"],
+        ["--max-video-tokens", "32769"],
+        ["--video-fps", "5"],  # above the default --max-video-fps 4
+        ["--max-video-fps", "0"],
+        ["--limit-videos-per-request", "9"],
+        ["--max-video-seconds", "0"],
         ["--no-such-flag"],
     ],
 )

@@ -239,8 +239,10 @@ def main(argv: list[str] | None = None) -> list[Row]:
         )
         out.flush()
     # Other processes on the machine make every number worse: say how busy it was.
-    out.write(f"1-min load average: {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
-    out.write(f" ({os.cpu_count()} CPUs; well above 1 means the timings are contaminated)\n")
+    out.write(
+        f"1-min load average: {load_before:.2f} before the run, {os.getloadavg()[0]:.2f} after"
+        f" (which counts this run's own {torch.get_num_threads()} threads; {os.cpu_count()} CPUs)\n"
+    )
     # The bandwidth of a shared machine drifts: keep the best seen before or after.
     final = max(bandwidth, memory_bandwidth(device))
     if final > bandwidth:

@@ -4,6 +4,7 @@ written on first use) started once per session, and a real local HTTP media serv
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import signal
@@ -21,18 +22,34 @@ import httpx
 import pytest
 from PIL import Image
 
+from tests.media import videos
+
 REPO = Path(__file__).resolve().parents[2]
 API_KEY = "e2e-key"
 MAX_MEDIA_BYTES = 2 * 2**20
 MAX_IMAGE_PIXELS = 4_000_000
 MAX_IMAGES = 4
 STARTUP_TIMEOUT_S = 240
+MAX_VIDEO_SECONDS = 10
 
 
 def png(width: int, height: int, color: tuple[int, int, int] = (30, 120, 220)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), color).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+@functools.cache
+def video(kind: str) -> bytes:
+    """Real encoded test videos (96x64 unless named otherwise), written once per session."""
+    makers = {
+        "mp4": lambda: videos.mp4(seconds=3.0),
+        "webm": lambda: videos.webm(seconds=3.0),
+        "gif": lambda: videos.gif(seconds=2.0),
+        "large.mp4": lambda: videos.mp4(seconds=3.0, size=(640, 480)),
+        "long.mp4": lambda: videos.mp4(seconds=MAX_VIDEO_SECONDS + 2, fps=2),
+    }
+    return makers[kind]()
 
 
 @dataclass
@@ -55,6 +72,11 @@ def _routes(state: MediaServer) -> dict[str, tuple[int, dict[str, str], bytes]]:
         "/truncated.png": (200, {"Content-Type": "image/png"}, full[: len(full) // 2]),
         "/too-many-pixels.png": (200, {"Content-Type": "image/png"}, png(2100, 2100)),
         "/to-localhost": (302, {"Location": state.url("/img.png", host="localhost")}, b""),
+        "/clip.mp4": (200, {"Content-Type": "video/mp4"}, video("mp4")),
+        "/clip.webm": (200, {"Content-Type": "video/webm"}, video("webm")),
+        "/truncated.mp4": (200, {"Content-Type": "video/mp4"}, video("mp4")[:1500]),
+        "/empty.mp4": (200, {"Content-Type": "video/mp4"}, b""),
+        "/text.mp4": (200, {"Content-Type": "video/mp4"}, b"just some notes, not a video\n" * 20),
     }
 
 
@@ -110,6 +132,7 @@ def media_server() -> Iterator[MediaServer]:
 def local_media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("local-media")
     (folder / "local.png").write_bytes(png(200, 150, (10, 200, 90)))
+    (folder / "local.gif").write_bytes(video("gif"))
     return folder
 
 
@@ -185,6 +208,7 @@ def server(
         "--max-media-bytes", str(MAX_MEDIA_BYTES),
         "--max-image-pixels", str(MAX_IMAGE_PIXELS),
         "--limit-images-per-request", str(MAX_IMAGES),
+        "--max-video-seconds", str(MAX_VIDEO_SECONDS),
     ) as running:  # fmt: skip
         yield running
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from moe_testing import assert_close, make_problem
 
 from kernels.fused_moe import cpu_vllm
+from tests.kernels.moe_testing import assert_close, make_problem
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 IMPLS = ["cpu:torch", "cpu:vllm-sgl", "cpu:vllm-vec"]

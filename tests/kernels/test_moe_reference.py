@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from moe_testing import KIMI_SCALE, assert_close, make_problem
 
 from kernels.fused_moe import MoEWeights, fused_moe
 from kernels.fused_moe.layout import fold_shared_experts, pad_intermediate
 from kernels.fused_moe.reference import expert_mlp, fused_moe_loop
+from tests.kernels.moe_testing import KIMI_SCALE, assert_close, make_problem
 
 
 @pytest.mark.parametrize("m", [1, 7, 33])

@@ -18,16 +18,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from moe_testing import KIMI_SCALE, assert_close, make_problem
 
 from kernels.fused_moe import fused_moe
+from tests.kernels.moe_testing import KIMI_SCALE, assert_close, make_problem
 
 CUDA = torch.cuda.is_available()
 HERE = Path(__file__).parent
 gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (bf16 tl.dot, CUDA graphs)")
 
 if CUDA:
-    from triton_cases import *  # noqa: F403  (collected here, compiled for the GPU)
+    from tests.kernels.triton_cases import *  # noqa: F403  (collected here, compiled for GPU)
 else:
 
     def test_triton_cases_under_the_interpreter():
@@ -35,7 +35,9 @@ else:
         env = {**os.environ, "TRITON_INTERPRET": "1"}
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                str(HERE / "triton_cases.py")]  # fmt: skip
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            cmd, env=env, cwd=HERE.parent.parent, capture_output=True, text=True, timeout=600
+        )
         report = proc.stdout[-6000:] + proc.stderr[-2000:]
         assert proc.returncode == 0, report
         passed = re.search(r"(\d+) passed", proc.stdout)

@@ -13,10 +13,10 @@ import os
 
 import pytest
 import torch
-from moe_testing import KIMI_SCALE, Problem, assert_close, make_problem
 
 from kernels.fused_moe import block_configs as configs
 from kernels.fused_moe.routing import append_shared_slots, moe_align_block_size, select_experts
+from tests.kernels.moe_testing import KIMI_SCALE, Problem, assert_close, make_problem
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"

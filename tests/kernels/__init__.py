@@ -1,0 +1,1 @@
+"""Tests of the kernels package (MoE spec, CPU paths, Triton kernels, configs)."""

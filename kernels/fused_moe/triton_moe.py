@@ -116,7 +116,8 @@ class TritonExperts:
         logits = router_logits if router_logits.stride(1) == 1 else router_logits.contiguous()
         # Any float dtype: the kernel upcasts, so no cast launch here.
         bias = correction_bias.contiguous() if correction_bias is not None else logits
-        precision = "ieee" if x.dtype == torch.float32 else "tf32"
+        # fp32 means exact fp32 (not TF32); half types take the default.
+        precision = "ieee" if x.dtype == torch.float32 else None
         launch = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
 
         triton_kernels.route_align_kernel[(1,)](

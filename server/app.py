@@ -116,7 +116,7 @@ def run(settings: Settings) -> None:
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,  # RequestContextMiddleware writes the access log
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=int(settings.graceful_shutdown_seconds),
     )
     server = uvicorn.Server(config)
     server.run()

@@ -166,6 +166,9 @@ class Settings(BaseSettings):
     )
     cors_origins: CommaList = Field(default_factory=list, description="allowed CORS origins")
     max_request_body_bytes: int = Field(default=64 * 2**20, ge=1024, description="request body cap")
+    graceful_shutdown_seconds: float = Field(
+        default=30.0, ge=0, description="on SIGTERM, how long in-flight requests may finish"
+    )
     max_queued_requests: int = Field(
         default=256, ge=1, description="requests waiting for the engine before 503"
     )
@@ -180,6 +183,10 @@ class Settings(BaseSettings):
     tensor_parallel_size: int = Field(default=1, ge=1, description="tensor-parallel ranks")
     pipeline_parallel_size: int = Field(default=1, ge=1, description="pipeline-parallel stages")
     data_parallel_size: int = Field(default=1, ge=1, description="data-parallel engine replicas")
+    distributed_executor_backend: Literal["mp", "ray"] | None = Field(
+        default=None,
+        description="vLLM's executor for TP/PP workers: mp (one node) or ray (several nodes); unset = vLLM picks",
+    )
     max_num_seqs: int | None = Field(
         default=None, ge=1, description="max sequences per engine step"
     )

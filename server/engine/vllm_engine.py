@@ -63,6 +63,7 @@ def engine_args(settings: Settings, model: str) -> Any:
         "tensor_parallel_size": settings.tensor_parallel_size,
         "pipeline_parallel_size": settings.pipeline_parallel_size,
         "data_parallel_size": settings.data_parallel_size,
+        "distributed_executor_backend": settings.distributed_executor_backend,
         "gpu_memory_utilization": settings.gpu_memory_utilization,
         "limit_mm_per_prompt": {
             "image": settings.limit_images_per_request,

@@ -61,9 +61,15 @@ def test_port_and_probes_agree_with_the_server() -> None:
 
 
 def test_termination_grace_covers_prestop_and_the_servers_drain() -> None:
-    found = re.search(r"timeout_graceful_shutdown=(\d+)", (REPO / "server/app.py").read_text())
-    assert found, "server/app.py no longer sets uvicorn's timeout_graceful_shutdown"
-    drain = int(found[1])
+    assert (
+        "timeout_graceful_shutdown=int(settings.graceful_shutdown_seconds)"
+        in (REPO / "server/app.py").read_text()
+    ), "server/app.py no longer drains for Settings.graceful_shutdown_seconds"
+    args = " ".join(str(a) for a in SERVER.get("args", []))
+    found = re.search(r"--graceful-shutdown-seconds[ =](\d+)", args)
+    drain = (
+        int(found[1]) if found else int(Settings.model_fields["graceful_shutdown_seconds"].default)
+    )
     pre_stop = int(SERVER["lifecycle"]["preStop"]["exec"]["command"][1])
     assert POD["spec"]["terminationGracePeriodSeconds"] >= pre_stop + drain + 20  # + engine stop
 
@@ -139,35 +145,24 @@ def _leader_script() -> str:
 
 
 def _leader_serve_argv() -> list[str]:
-    (line,) = [line for line in _leader_script().splitlines() if "vllm serve" in line]
+    (line,) = [line for line in _leader_script().splitlines() if "kimi-vl-serve" in line]
     argv = shlex.split(line)
-    return argv[argv.index("serve") :]
+    return argv[argv.index("kimi-vl-serve") + 1 :]
 
 
-def test_multinode_leader_flags_are_accepted_by_vllm() -> None:
-    from vllm.entrypoints.cli.serve import ServeSubcommand
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
+def test_multinode_leader_runs_our_server_with_ray() -> None:
+    from server.cli import parse_settings
 
-    parser = FlexibleArgumentParser()
-    ServeSubcommand().subparser_init(parser.add_subparsers(dest="subparser"))
-    args = parser.parse_args(_leader_serve_argv())  # exits 2 on an unknown flag
-    assert args.distributed_executor_backend == "ray" and args.port == PORT
+    settings = parse_settings(_leader_serve_argv())  # exits 2 on an unknown flag
+    assert settings.distributed_executor_backend == "ray" and settings.port == PORT
     template = LWS["spec"]["leaderWorkerTemplate"]
     gpus = template["size"] * int(
         template["leaderTemplate"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
     )
-    assert gpus == args.tensor_parallel_size * args.pipeline_parallel_size
+    assert gpus == settings.tensor_parallel_size * settings.pipeline_parallel_size
 
 
-def test_multinode_gap_is_documented_while_settings_lacks_the_backend() -> None:
-    """vLLM needs distributed_executor_backend="ray" beyond one node; Settings has no such field
-    yet, so the example runs vLLM's own server. When Settings gains it, switch the leader."""
-    text = (K8S / "multinode-lws.yaml").read_text(encoding="utf-8")
-    if "distributed_executor_backend" in Settings.model_fields:
-        pytest.fail(
-            "Settings now has distributed_executor_backend: run kimi-vl-serve in the leader"
-        )
-    assert "Gap: kimi-vl-serve cannot run this yet" in text
+def test_multinode_workers_join_the_leaders_ray_cluster() -> None:
     (worker,) = LWS["spec"]["leaderWorkerTemplate"]["workerTemplate"]["spec"]["containers"]
     assert '--address="${LWS_LEADER_ADDRESS}:6379"' in worker["args"][0]
     assert "ray start --head --port=6379" in _leader_script()

@@ -223,6 +223,8 @@ FLAG_CASES: dict[str, tuple[list[str], object]] = {
     "tensor_parallel_size": (["--tensor-parallel-size", "2"], 2),
     "pipeline_parallel_size": (["--pipeline-parallel-size", "2"], 2),
     "data_parallel_size": (["--data-parallel-size", "3"], 3),
+    "distributed_executor_backend": (["--distributed-executor-backend", "ray"], "ray"),
+    "graceful_shutdown_seconds": (["--graceful-shutdown-seconds", "120"], 120.0),
     "max_num_seqs": (["--max-num-seqs", "4"], 4),
     "dtype": (["--dtype", "bfloat16"], "bfloat16"),
     "enforce_eager": (["--enforce-eager"], True),

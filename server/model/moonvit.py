@@ -87,11 +87,9 @@ def rope_cos_sin(grid: Grid, head_dim: int, theta: float, device: torch.device) 
 
 def apply_rope(x: torch.Tensor, cos_sin: torch.Tensor) -> torch.Tensor:
     """x [L, heads, head_dim] read as head_dim/2 complex pairs (even=real, odd=imag)."""
-    xf = x.float().unflatten(-1, (-1, 2))
-    re, im = xf[..., 0], xf[..., 1]
-    cos, sin = cos_sin[:, None, :, 0], cos_sin[:, None, :, 1]
-    out = torch.stack([re * cos - im * sin, re * sin + im * cos], dim=-1)
-    return out.flatten(-2).to(x.dtype)
+    cis = torch.view_as_complex(cos_sin)  # [L, head_dim/2] = cos + i*sin
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(xc * cis[:, None]).flatten(-2).to(x.dtype)
 
 
 class MLP(nn.Module):

@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import os
 import random
-import signal
 import socket
 import statistics
 import subprocess
@@ -98,6 +98,29 @@ def build_workload(count: int, images: int, max_tokens: int, seed: int = 0) -> l
     return bodies
 
 
+def stop_tree(process: subprocess.Popen) -> None:
+    """SIGTERM the server, then kill whatever it left behind (engine core, workers).
+
+    The servers are not started in a session of their own: on this CPU build a server in a new
+    session served 2-3x slower (ours 12.8 vs 33 req/s, vLLM 22.9 vs 34 req/s, same flags).
+    """
+    import psutil
+
+    try:
+        children = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+
+
 @contextmanager
 def launched(
     argv: list[str], ready_path: str, env: dict[str, str], log: Path
@@ -108,7 +131,7 @@ def launched(
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [*argv, "--port", str(port)], cwd=REPO, env=env, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            stderr=subprocess.STDOUT,
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
@@ -125,13 +148,7 @@ def launched(
             time.sleep(0.5)
         yield base, time.monotonic() - started
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_tree(process)
 
 
 async def _one(client: httpx.AsyncClient, url: str, body: dict) -> tuple[float, int]:

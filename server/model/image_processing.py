@@ -105,13 +105,16 @@ def preprocess_image(
     padded[:h, :w] = arr
     mean = np.asarray(cfg.image_mean, dtype=np.float32)
     std = np.asarray(cfg.image_std, dtype=np.float32)
-    # Fold /255 and normalisation into one affine map: x*a + b.
+    # Fold /255 and normalisation into one affine map x*a + b, applied in place on the
+    # contiguous HWC array (cheap), then one copy into the patch layout.
     a = (1.0 / (255.0 * std)).astype(np.float32)
     b = (-mean / std).astype(np.float32)
+    x = padded.astype(np.float32)
+    x *= a
+    x += b
     # [gh, ps, gw, ps, 3] -> [gh, gw, 3, ps, ps]: row-major patches, each channel-first.
-    patches = padded.reshape(gh, ps, gw, ps, 3).transpose(0, 2, 4, 1, 3)
-    out = patches.astype(np.float32) * a[:, None, None] + b[:, None, None]
-    return out.reshape(gh * gw, 3, ps, ps), (gh, gw)
+    patches = np.ascontiguousarray(x.reshape(gh, ps, gw, ps, 3).transpose(0, 2, 4, 1, 3))
+    return patches.reshape(gh * gw, 3, ps, ps), (gh, gw)
 
 
 def preprocess_images(

@@ -135,7 +135,11 @@ def test_disconnect_mid_stream_aborts_the_engine_request(server: RunningServer) 
             lines = r.iter_lines()
             for _ in range(8):  # a few chunks: the request is running in the engine
                 next(lines)
-            assert server.metric("vllm:num_requests_running") == 1
+            # vLLM's gauge is refreshed by its stat logger, not at every token: poll for it.
+            deadline = time.monotonic() + 5
+            while server.metric("vllm:num_requests_running") != 1:
+                assert time.monotonic() < deadline, "engine never reported the request running"
+                time.sleep(0.1)
     deadline = time.monotonic() + 3
     while server.metric("vllm:num_requests_running") != 0:
         assert time.monotonic() < deadline, "engine request still running after disconnect"

@@ -31,6 +31,7 @@ from server.engine.contract import (
     TokenLogprob,
     TopLogprob,
 )
+from server.model.checkpoint import check_model_dir
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -186,6 +187,9 @@ class VLLMEngine:
         """Load the model (in a worker thread), then warm up; /ready turns 200 afterwards."""
         try:
             model = await asyncio.to_thread(resolve_model, self._settings)
+            # vLLM's own message for a non-Kimi-VL folder is misleading ("contains custom
+            # code"): name the file and the problem before the engine starts.
+            check_model_dir(model)
             configure_cpu_environment(self._settings)
             args = engine_args(self._settings, model)
             started = time.perf_counter()

@@ -1,14 +1,19 @@
 """Serving benchmark: our server vs vLLM's own OpenAI server, same checkpoint, same workload.
 
-    python benchmarks/serve.py [--model DIR] [--requests 48] [--concurrency 8]
+    python benchmarks/serve.py [--model DIR] [--requests 96] [--rounds 4] [--concurrency 8]
                                [--max-tokens 32] [--images 1] [--json PATH] [--only ours|vllm]
 
 Both servers run the tiny checkpoint (written to a temporary folder unless --model is given)
 with the same engine settings (float32, eager, max_model_len 4096, 1 GiB KV cache) and the same
-model class (the project's plugin). They run one after the other, never together. The workload
-is concurrent streaming chat requests, each with PNG images as data URLs (seeded sizes) and
-`ignore_eos`, so both sides generate exactly `--max-tokens` tokens per request. TTFT is the
-time to the first chunk that carries text.
+model class (the project's plugin). Both are started first (one after the other, each on a quiet
+machine), then the load runs in `--rounds` rounds that alternate between them in ABBA order
+(ours, vLLM, vLLM, ours, ...), so slow drift of the machine falls on both sides alike. While one
+side is loaded the other is idle (vLLM's engine stops polling after 1 s without work); the CPU
+the idle side still uses is measured and printed. The workload is concurrent streaming chat
+requests, each with PNG images as data URLs (seeded sizes) and `ignore_eos`, so both sides
+generate exactly `--max-tokens` tokens per request. TTFT is the time to the first chunk that
+carries text. Throughput per side is the median over its rounds; TTFT percentiles are over all
+of its requests.
 """
 
 from __future__ import annotations
@@ -40,18 +45,6 @@ SERVED_NAME = "bench-model"
 ENGINE_FLAGS = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "4096",
                 "--gpu-memory-utilization", "0.3", "--max-num-seqs", "8"]  # fmt: skip
 IMAGE_SIZES = [(224, 224), (320, 240), (448, 336), (640, 480), (256, 512)]
-
-
-@dataclass
-class SideResult:
-    requests: int
-    seconds: float
-    output_tokens: int
-    req_per_s: float
-    output_tok_per_s: float
-    ttft_p50_s: float
-    ttft_p99_s: float
-    startup_s: float
 
 
 def say(text: str) -> None:
@@ -121,11 +114,57 @@ def stop_tree(process: subprocess.Popen) -> None:
             child.kill()
 
 
+@dataclass
+class Round:
+    req_per_s: float
+    output_tok_per_s: float
+    ttft_p50_s: float
+    ttft_p99_s: float
+    idle_side_cpu_s: float  # CPU the other (idle) server used meanwhile
+    prompt_tokens: int  # summed over the round's requests: equal on both sides, or not comparable
+
+
+@dataclass
+class SideResult:
+    requests: int  # per round
+    rounds: list[Round]
+    req_per_s: float  # median over rounds
+    output_tok_per_s: float  # median over rounds
+    ttft_p50_s: float  # over every request of every round
+    ttft_p99_s: float
+    startup_s: float
+
+
+@dataclass
+class Server:
+    name: str
+    base: str
+    pid: int
+    startup_s: float
+
+
+def _tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and all its descendants."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
 @contextmanager
 def launched(
-    argv: list[str], ready_path: str, env: dict[str, str], log: Path
-) -> Iterator[tuple[str, float]]:
-    """Start a server, wait until `ready_path` answers 200, yield (base URL, startup seconds)."""
+    name: str, argv: list[str], ready_path: str, env: dict[str, str], log: Path
+) -> Iterator[Server]:
+    """Start a server, wait until `ready_path` answers 200, yield it; stop it on exit."""
     port = _free_port()
     started = time.monotonic()
     with open(log, "wb") as out:
@@ -137,25 +176,25 @@ def launched(
     try:
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"server exited:\n{log.read_text()[-3000:]}")
+                raise RuntimeError(f"{name} server exited:\n{log.read_text()[-3000:]}")
             try:
                 if httpx.get(base + ready_path, timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() - started > 600:
-                raise RuntimeError("server did not become ready in 600 s")
+                raise RuntimeError(f"{name} server did not become ready in 600 s")
             time.sleep(0.5)
-        yield base, time.monotonic() - started
+        yield Server(name, base, process.pid, time.monotonic() - started)
     finally:
         stop_tree(process)
 
 
-async def _one(client: httpx.AsyncClient, url: str, body: dict) -> tuple[float, int]:
-    """(TTFT seconds, completion tokens) of one streamed request."""
+async def _one(client: httpx.AsyncClient, url: str, body: dict) -> tuple[float, int, int]:
+    """(TTFT seconds, prompt tokens, completion tokens) of one streamed request."""
     start = time.perf_counter()
     ttft: float | None = None
-    tokens = 0
+    prompt = tokens = 0
     async with client.stream("POST", url, json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
@@ -165,22 +204,24 @@ async def _one(client: httpx.AsyncClient, url: str, body: dict) -> tuple[float, 
             if "error" in chunk:
                 raise RuntimeError(chunk["error"])
             if chunk.get("usage"):
+                prompt = chunk["usage"]["prompt_tokens"]
                 tokens = chunk["usage"]["completion_tokens"]
             for choice in chunk.get("choices", []):
                 if ttft is None and choice["delta"].get("content"):
                     ttft = time.perf_counter() - start
-    return (ttft if ttft is not None else time.perf_counter() - start), tokens
+    return (ttft if ttft is not None else time.perf_counter() - start), prompt, tokens
 
 
 async def run_load(
     base: str, bodies: list[dict], concurrency: int
-) -> tuple[float, list[float], int]:
+) -> tuple[float, list[float], int, int]:
+    """(seconds, TTFT of each request, prompt tokens, completion tokens) at `concurrency`."""
     url = base + "/v1/chat/completions"
     gate = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency + 4)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
 
-        async def one(body: dict) -> tuple[float, int]:
+        async def one(body: dict) -> tuple[float, int, int]:
             async with gate:
                 return await _one(client, url, body)
 
@@ -189,7 +230,8 @@ async def run_load(
         start = time.perf_counter()
         results = await asyncio.gather(*(one(b) for b in bodies))
         elapsed = time.perf_counter() - start
-    return elapsed, [t for t, _ in results], sum(n for _, n in results)
+    ttfts = [t for t, _, _ in results]
+    return elapsed, ttfts, sum(p for _, p, _ in results), sum(n for _, _, n in results)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -197,27 +239,77 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def measure(name: str, argv: list[str], ready: str, env: dict[str, str], bodies: list[dict],
-            concurrency: int, log: Path) -> SideResult:  # fmt: skip
-    say(f"[{name}] starting: {' '.join(argv[:4])} …")
-    with launched(argv, ready, env, log) as (base, startup):
-        elapsed, ttfts, tokens = asyncio.run(run_load(base, bodies, concurrency))
+def round_order(names: list[str], rounds: int) -> list[str]:
+    """ABBA order over `rounds` rounds per side: [a, b, b, a, a, b, ...]."""
+    order: list[str] = []
+    for r in range(rounds):
+        order += names if r % 2 == 0 else names[::-1]
+    return order
+
+
+def summarize(requests: int, rounds: list[Round], ttfts: list[float], startup: float) -> SideResult:
     return SideResult(
-        requests=len(bodies),
-        seconds=elapsed,
-        output_tokens=tokens,
-        req_per_s=len(bodies) / elapsed,
-        output_tok_per_s=tokens / elapsed,
+        requests=requests,
+        rounds=rounds,
+        req_per_s=statistics.median(r.req_per_s for r in rounds),
+        output_tok_per_s=statistics.median(r.output_tok_per_s for r in rounds),
         ttft_p50_s=statistics.median(ttfts),
         ttft_p99_s=_percentile(ttfts, 0.99),
         startup_s=startup,
     )
 
 
+def compare(results: dict[str, SideResult]) -> dict[str, float]:
+    ours, theirs = results["ours"], results["vllm"]
+    return {
+        "throughput_ratio": ours.req_per_s / theirs.req_per_s,
+        "output_tok_per_s_ratio": ours.output_tok_per_s / theirs.output_tok_per_s,
+        "ttft_p50_ratio": ours.ttft_p50_s / theirs.ttft_p50_s,
+        "ttft_p99_ratio": ours.ttft_p99_s / theirs.ttft_p99_s,
+    }
+
+
+def benchmark(servers: list[Server], bodies: list[dict], concurrency: int, rounds: int
+              ) -> dict[str, SideResult]:  # fmt: skip
+    by_name = {s.name: s for s in servers}
+    per_side: dict[str, list[Round]] = {s.name: [] for s in servers}
+    ttfts: dict[str, list[float]] = {s.name: [] for s in servers}
+    for i, name in enumerate(round_order(list(by_name), rounds)):
+        time.sleep(2)  # let the other side's engine leave its busy-poll (1 s) before we start
+        others = [s for s in servers if s.name != name]
+        idle_before = sum(_tree_cpu_seconds(s.pid) for s in others)
+        run = asyncio.run(run_load(by_name[name].base, bodies, concurrency))
+        elapsed, times, prompt_tokens, tokens = run
+        idle_cpu = sum(_tree_cpu_seconds(s.pid) for s in others) - idle_before
+        result = Round(
+            req_per_s=len(bodies) / elapsed,
+            output_tok_per_s=tokens / elapsed,
+            ttft_p50_s=statistics.median(times),
+            ttft_p99_s=_percentile(times, 0.99),
+            idle_side_cpu_s=idle_cpu,
+            prompt_tokens=prompt_tokens,
+        )
+        per_side[name].append(result)
+        ttfts[name] += times
+        say(
+            f"  round {i + 1:>2} {name:<5} {result.req_per_s:7.2f} req/s  TTFT p50 "
+            f"{result.ttft_p50_s * 1000:5.0f} ms  p99 {result.ttft_p99_s * 1000:5.0f} ms  "
+            f"(idle side used {idle_cpu:.2f} CPU-s)"
+        )
+    prompts = {rounds[0].prompt_tokens for rounds in per_side.values()}
+    if len(prompts) > 1:
+        raise RuntimeError(f"the sides saw different prompts (prompt tokens {sorted(prompts)})")
+    return {
+        name: summarize(len(bodies), per_side[name], ttfts[name], by_name[name].startup_s)
+        for name in by_name
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="checkpoint folder (default: a fresh tiny one)")
-    parser.add_argument("--requests", type=int, default=48)
+    parser.add_argument("--requests", type=int, default=96, help="requests per round")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds per side (ABBA order)")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--images", type=int, default=1, help="images per request")
@@ -248,35 +340,34 @@ def main() -> None:
             "/health",
         ),
     }  # fmt: skip
-    results: dict[str, SideResult] = {}
-    for name, (argv, ready) in sides.items():
-        if args.only in (None, name):
-            results[name] = measure(name, argv, ready, env, bodies, args.concurrency,
-                                    work / f"{name}.log")  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        servers = []
+        for name, (argv, ready) in sides.items():
+            if args.only in (None, name):
+                say(f"[{name}] starting: {' '.join(argv[:4])} …")
+                servers.append(
+                    stack.enter_context(launched(name, argv, ready, env, work / f"{name}.log"))
+                )
+        results = benchmark(servers, bodies, args.concurrency, args.rounds)
 
     say(
-        f"\n{args.requests} streaming chat requests, {args.images} image(s) each, "
-        f"{args.max_tokens} output tokens, concurrency {args.concurrency}, model {model}"
+        f"\n{args.rounds} rounds x {args.requests} streaming chat requests, {args.images} "
+        f"image(s) each, {args.max_tokens} output tokens, concurrency {args.concurrency}, "
+        f"model {model}"
     )
-    header = (
-        f"{'server':<8}{'req/s':>9}{'out tok/s':>11}{'TTFT p50':>11}{'TTFT p99':>11}{'start s':>9}"
-    )
-    say(header)
+    say(f"{'server':<8}{'req/s':>9}{'out tok/s':>11}{'TTFT p50':>11}{'TTFT p99':>11}{'start s':>9}")
     for name, r in results.items():
         say(
             f"{name:<8}{r.req_per_s:>9.2f}{r.output_tok_per_s:>11.1f}"
             f"{r.ttft_p50_s * 1000:>9.0f}ms{r.ttft_p99_s * 1000:>9.0f}ms{r.startup_s:>9.1f}"
         )
     report: dict[str, object] = {name: asdict(r) for name, r in results.items()}
-    if "ours" in results and "vllm" in results:
-        ours, theirs = results["ours"], results["vllm"]
-        report["throughput_ratio"] = ours.req_per_s / theirs.req_per_s
-        report["output_tok_per_s_ratio"] = ours.output_tok_per_s / theirs.output_tok_per_s
-        report["ttft_p50_ratio"] = ours.ttft_p50_s / theirs.ttft_p50_s
-        report["ttft_p99_ratio"] = ours.ttft_p99_s / theirs.ttft_p99_s
+    if len(results) == 2:
+        ratios = compare(results)
+        report.update(ratios)
         say(
-            f"ours/vllm: throughput x{report['throughput_ratio']:.2f}, "
-            f"TTFT p50 x{report['ttft_p50_ratio']:.2f}, p99 x{report['ttft_p99_ratio']:.2f}"
+            f"ours/vllm: throughput x{ratios['throughput_ratio']:.2f}, "
+            f"TTFT p50 x{ratios['ttft_p50_ratio']:.2f}, p99 x{ratios['ttft_p99_ratio']:.2f}"
         )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -154,10 +154,16 @@ def build_encoders(layers: int, dtype: torch.dtype, device: torch.device) -> tup
             w = torch.randn(p.shape, generator=gen, device=device) * std
             p.copy_(w + 1 if "norm" in name and name.endswith("weight") else w)
     builtin.load_state_dict(ours.state_dict(), strict=True)
-    for module in builtin.modules():  # what vLLM's loader does after loading (CPU: oneDNN GEMMs)
+    finish_loading(ours)
+    finish_loading(builtin)
+    return ours, builtin
+
+
+def finish_loading(model: torch.nn.Module) -> None:
+    """What vLLM's loader does after loading weights (on CPU: prepacked oneDNN GEMMs)."""
+    for module in model.modules():
         if (method := getattr(module, "quant_method", None)) is not None:
             method.process_weights_after_loading(module)
-    return ours, builtin
 
 
 def encoder_flops(grids: list[tuple[int, int]], layers: int) -> float:

@@ -232,9 +232,13 @@ class KimiVLMultiModalProcessor(BaseMultiModalProcessor[KimiVLProcessingInfo]):
             return PromptUpdateDetails.select_token_id(info.image_block(n), pad_id)
 
         def video_replacement(item_idx: int) -> PromptUpdateDetails:
-            frames_data, meta = split_video(mm_items.get_items("video", VideoProcessorItems).get(item_idx))
+            frames_data, meta = split_video(
+                mm_items.get_items("video", VideoProcessorItems).get(item_idx)
+            )
             frames = video_frames(frames_data)
-            n = info.get_num_image_tokens(image_width=frames[0].width, image_height=frames[0].height)
+            n = info.get_num_image_tokens(
+                image_width=frames[0].width, image_height=frames[0].height
+            )
             stamps = meta.get("timestamps")
             if stamps is not None and len(stamps) != len(frames):
                 raise ValueError(f"video has {len(frames)} frames but {len(stamps)} timestamps")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmarks.vision import vllm_tp1
+from benchmarks.vision import finish_loading, vllm_tp1
 from server.model.image_processing import ImageProcessorConfig, preprocess_images
 
 
@@ -27,9 +27,8 @@ def encoders(layers: int = 2):  # type: ignore[no-untyped-def]
             w = torch.randn(p.shape, generator=gen) * (0.3 if ".wqkv." in name else 0.1)
             p.copy_(w + 1 if "norm" in name and name.endswith("weight") else w)
     builtin.load_state_dict(ours.state_dict(), strict=True)
-    for module in builtin.modules():
-        if (method := getattr(module, "quant_method", None)) is not None:
-            method.process_weights_after_loading(module)
+    finish_loading(ours)
+    finish_loading(builtin)
     return ours, builtin
 
 
@@ -55,7 +54,13 @@ def images() -> dict[str, torch.Tensor]:
     return preprocess_images(ims, ImageProcessorConfig())
 
 
-def test_packed_equals_one_by_one_and_builtin(vit) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("patches_per_pass", [10**9, 4096, 200])
+def test_packed_equals_one_by_one_and_builtin(vit, monkeypatch, patches_per_pass) -> None:  # type: ignore[no-untyped-def]
+    """One pass over all images, the default CPU grouping (4 small images, then the 896² one),
+    and a pass per image (patches 192, 36, 220, 144, 4096: no two fit in 200) give the same."""
+    from server.model import moonvit
+
+    monkeypatch.setattr(moonvit, "CPU_PATCHES_PER_PASS", patches_per_pass)
     ours, builtin = vit
     batch = images()
     grids = [tuple(g) for g in batch["image_grid_hws"].tolist()]
@@ -71,3 +76,13 @@ def test_packed_equals_one_by_one_and_builtin(vit) -> None:  # type: ignore[no-u
     assert packed.shape == (sum(h * w // 4 for h, w in grids), 4, 64)
     torch.testing.assert_close(packed, torch.cat(loop), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(packed, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_pass_groups_respect_the_patch_budget() -> None:
+    from server.model.moonvit import _groups
+
+    lengths = [256, 576, 1024, 1064, 1656, 3136, 3072, 4356]
+    assert _groups(lengths, 4096) == [(0, 4), (4, 5), (5, 6), (6, 7), (7, 8)]
+    assert _groups(lengths, 10**9) == _groups(lengths, None) == [(0, 8)]
+    assert _groups([5000, 10, 10], 4096) == [(0, 1), (1, 3)]  # oversized item alone
+    assert _groups([100] * 5, 200) == [(0, 2), (2, 4), (4, 5)]

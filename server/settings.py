@@ -190,6 +190,11 @@ class Settings(BaseSettings):
     max_num_seqs: int | None = Field(
         default=None, ge=1, description="max sequences per engine step"
     )
+    cpu_frontend_off_worker_cores: bool = Field(
+        default=True,
+        description="CPU engine: keep the HTTP front end and vLLM's engine core off the cores "
+        "the model workers are bound to",
+    )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         default="auto", description="weight/activation dtype"
     )

@@ -196,6 +196,7 @@ class VLLMEngine:
             from vllm.v1.engine.async_llm import AsyncLLM
 
             self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+            self._place_frontend()
             self._info = await asyncio.to_thread(self._read_model_info, model)
             from server.model.tokenizer import stop_token_ids
 
@@ -207,6 +208,14 @@ class VLLMEngine:
             raise
         self._ready = True
         logger.info("Engine ready: %s (max_model_len %d)", model, self._info.max_model_len)
+
+    def _place_frontend(self) -> None:
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu() and self._settings.cpu_frontend_off_worker_cores:
+            from server.engine.cpu_placement import keep_off_worker_cores
+
+            keep_off_worker_cores()
 
     def _read_model_info(self, model: str) -> ModelInfo:
         from vllm.transformers_utils.config import get_hf_image_processor_config

@@ -250,6 +250,7 @@ FLAG_CASES: dict[str, tuple[list[str], object]] = {
     "default_top_p": (["--default-top-p", "0.9"], 0.9),
     "default_max_tokens": (["--default-max-tokens", "100"], 100),
     "in_token_limit": (["--in-token-limit", "16384"], 16384),
+    "cpu_frontend_off_worker_cores": (["--no-cpu-frontend-off-worker-cores"], False),
 }
 
 

@@ -305,7 +305,7 @@ def benchmark(servers: list[Server], bodies: list[dict], concurrency: int, round
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="checkpoint folder (default: a fresh tiny one)")
     parser.add_argument("--requests", type=int, default=96, help="requests per round")
@@ -315,7 +315,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1, help="images per request")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--only", choices=["ours", "vllm"], help="run one side only")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="kimi-vl-bench-"))
     model = args.model
@@ -371,6 +371,7 @@ def main() -> None:
         )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return report
 
 
 if __name__ == "__main__":

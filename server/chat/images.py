@@ -19,7 +19,7 @@ from PIL import Image
 
 from server.api.errors import APIError, ImageTooLarge, TooManyImages
 from server.chat.prompt import ImageRef
-from server.media import MediaLimits, load_image
+from server.media import MediaLimits, decode_image, fetch_media
 from server.model.image_processing import (
     ImageProcessorConfig,
     ImageTooLargeError,
@@ -84,6 +84,13 @@ def fit_image(image: Image.Image, detail: str, budget: ImageBudget) -> PreparedI
     return PreparedImage(image=image, num_tokens=tokens)
 
 
+def _decode_and_fit(
+    data: bytes, detail: str, budget: ImageBudget, max_pixels: int
+) -> PreparedImage:
+    """One worker-thread hop per image: decode (server/media) and fit to the budget."""
+    return fit_image(decode_image(data, max_pixels=max_pixels), detail, budget)
+
+
 def check_image_count(refs: Sequence[ImageRef], limit: int) -> None:
     if len(refs) > limit:
         raise TooManyImages(
@@ -104,8 +111,10 @@ async def prepare_images(
     async def one(ref: ImageRef) -> PreparedImage:
         async with gate:
             try:
-                image = await load_image(ref.url, limits=limits)
-                return await asyncio.to_thread(fit_image, image, ref.detail, budget)
+                data = await fetch_media(ref.url, limits=limits)
+                return await asyncio.to_thread(
+                    _decode_and_fit, data, ref.detail, budget, limits.max_image_pixels
+                )
             except APIError as exc:
                 raise exc.with_param(ref.param) from None
 

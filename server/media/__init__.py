@@ -1,7 +1,7 @@
 """Media intake: fetch bytes (http(s)/data:/file with limits and an SSRF guard), decode images."""
 
 from server.media.fetch import MediaLimits, fetch_media
-from server.media.image import decode_image, load_image, load_images
+from server.media.image import decode_image
 from server.media.ssrf import is_public_address
 
 __all__ = [
@@ -9,6 +9,4 @@ __all__ = [
     "decode_image",
     "fetch_media",
     "is_public_address",
-    "load_image",
-    "load_images",
 ]

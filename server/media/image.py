@@ -8,18 +8,15 @@ files) -> apply EXIF orientation -> convert to RGB the way the HF Kimi-VL proces
 
 from __future__ import annotations
 
-import asyncio
 import io
 import struct
 import time
 import warnings
-from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from server.api.errors import ImageTooLarge, InvalidImage
-from server.media.fetch import MediaLimits, fetch_media
 from server.metrics import MEDIA_DECODE_SECONDS
 
 SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
@@ -89,32 +86,3 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
     result = _to_rgb(_oriented(image))
     MEDIA_DECODE_SECONDS.labels(kind="image").observe(time.perf_counter() - start)
     return result
-
-
-async def load_image(url: str, *, limits: MediaLimits) -> Image.Image:
-    """Fetch and decode one image URL; decoding runs in a worker thread."""
-    data = await fetch_media(url, limits=limits)
-    return await asyncio.to_thread(decode_image, data, max_pixels=limits.max_image_pixels)
-
-
-async def load_images(
-    urls: Sequence[str], *, limits: MediaLimits, concurrency: int = 8
-) -> list[Image.Image]:
-    """Load several images concurrently (at most `concurrency` at a time), in input order.
-
-    The first failure cancels the remaining loads and is raised as is (a typed media error).
-    """
-    gate = asyncio.Semaphore(concurrency)
-
-    async def one(url: str) -> Image.Image:
-        async with gate:
-            return await load_image(url, limits=limits)
-
-    tasks = [asyncio.create_task(one(url)) for url in urls]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise

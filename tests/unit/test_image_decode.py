@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import struct
 import zlib
 
@@ -11,8 +10,7 @@ import pytest
 from PIL import Image
 
 from server.api.errors import ImageTooLarge, InvalidImage
-from server.media.fetch import MediaLimits
-from server.media.image import decode_image, load_image, load_images
+from server.media.image import decode_image
 from tests.unit.conftest import encode_image
 
 MAX = 10_000_000
@@ -150,15 +148,3 @@ def test_sixteen_bit_grey_is_scaled_not_clipped() -> None:
     values = np.array([[0, 32768, 65535, 1000]], dtype=np.uint16)
     decoded = decode_image(encode_image(Image.fromarray(values), "PNG"), max_pixels=MAX)
     assert [pixel(decoded, (i, 0))[0] for i in range(4)] == [0, 128, 255, 3]
-
-
-@pytest.mark.asyncio
-async def test_load_image_and_load_images() -> None:
-    url = "data:image/png;base64," + base64.b64encode(encode_image(gradient(), "PNG")).decode()
-    limits = MediaLimits(max_bytes=1 << 20, timeout_s=5, max_image_pixels=MAX)
-    image = await load_image(url, limits=limits)
-    assert image.size == (40, 30)
-    images = await load_images([url, url, url], limits=limits, concurrency=2)
-    assert [im.size for im in images] == [(40, 30)] * 3
-    with pytest.raises(InvalidImage):
-        await load_images([url, "data:image/png;base64,aGVsbG8="], limits=limits)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from server.aio import gather_or_cancel
 from server.api.errors import APIError, ImageTooLarge, TooManyImages
 from server.chat.prompt import ImageRef
 from server.media import MediaLimits, decode_image, fetch_media
@@ -118,11 +119,4 @@ async def prepare_images(
             except APIError as exc:
                 raise exc.with_param(ref.param) from None
 
-    tasks = [asyncio.create_task(one(ref)) for ref in refs]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
+    return await gather_or_cancel(one(ref) for ref in refs)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from server.aio import gather_or_cancel
 from server.api.errors import (
     APIError,
     InvalidImageURL,
@@ -165,11 +166,4 @@ async def prepare_videos(
         tokens = expanded_tokens(video, timestamps=options.timestamps, tokenizer=tokenizer)
         return PreparedVideo(video=video, timestamps=options.timestamps, num_prompt_tokens=tokens)
 
-    tasks = [asyncio.create_task(one(ref)) for ref in refs]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
+    return await gather_or_cancel(one(ref) for ref in refs)

@@ -19,7 +19,13 @@ from typing import Any
 from server.api.errors import APIError, sse_error_event
 from server.chat.context import ServingContext
 from server.chat.images import check_image_count, prepare_images
-from server.chat.outputs import SSE_DONE, ChoiceState, chat_logprobs, sse_event
+from server.chat.outputs import (
+    SSE_DONE,
+    ChoiceState,
+    FirstTokenTimer,
+    chat_logprobs,
+    sse_event,
+)
 from server.chat.prompt import render_prompt
 from server.chat.sampling import check_token_ids, max_output_tokens, sampling_options
 from server.chat.videos import PreparedVideo, prepare_videos, video_block_tokens
@@ -27,8 +33,6 @@ from server.engine.contract import GenerateOutput, GenerateRequest
 from server.metrics import (
     IMAGE_TOKENS_PER_REQUEST,
     IMAGES_PER_REQUEST,
-    TIME_TO_FIRST_CONTENT_TOKEN,
-    TIME_TO_FIRST_TOKEN,
     VIDEO_FRAMES_PER_REQUEST,
     VIDEO_TOKENS_PER_REQUEST,
 )
@@ -147,10 +151,11 @@ class ChatCompletions:
         request = prepared.request
         states = [ChoiceState(i, reasoning=prepared.reasoning) for i in range(request.n)]
         prompt_tokens, cached = prepared.num_prompt_tokens, 0
+        timer = FirstTokenTimer(prepared.started)
         try:
             async with aclosing(self.ctx.engine.generate(prepared.engine_request)) as outputs:
                 async for out in outputs:
-                    states[out.index].add(out)
+                    timer.saw(*states[out.index].add(out))
                     prompt_tokens, cached = out.num_prompt_tokens, out.num_cached_tokens
         finally:
             prepared.done()
@@ -185,7 +190,7 @@ class ChatCompletions:
         request = prepared.request
         states = [ChoiceState(i, reasoning=prepared.reasoning) for i in range(request.n)]
         prompt_tokens, cached = prepared.num_prompt_tokens, 0
-        first_token = first_content = False
+        timer = FirstTokenTimer(prepared.started)
         try:
             for state in states:
                 delta = DeltaMessage(role="assistant", content="")
@@ -195,14 +200,9 @@ class ChatCompletions:
                     prompt_tokens, cached = out.num_prompt_tokens, out.num_cached_tokens
                     state = states[out.index]
                     reasoning, content = state.add(out)
+                    timer.saw(reasoning, content)
                     if not request.include_reasoning:
                         reasoning = ""
-                    if (reasoning or content) and not first_token:
-                        first_token = True
-                        TIME_TO_FIRST_TOKEN.observe(time.perf_counter() - prepared.started)
-                    if content and not first_content:
-                        first_content = True
-                        TIME_TO_FIRST_CONTENT_TOKEN.observe(time.perf_counter() - prepared.started)
                     if reasoning or content or out.finished or (request.logprobs and out.logprobs):
                         yield self._delta_chunk(prepared, out, state, reasoning, content)
             if request.include_usage_in_stream:

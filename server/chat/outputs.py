@@ -9,13 +9,16 @@ adapter streams (DELTA outputs); a step that carries several tokens is attribute
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from server.api.errors import InternalError, RequestAborted
 from server.chat.reasoning import THINK_END, THINK_START, ReasoningSplitter, split_reasoning
 from server.engine.contract import GenerateOutput, TokenLogprob
+from server.metrics import TIME_TO_FIRST_CONTENT_TOKEN, TIME_TO_FIRST_TOKEN
 from server.protocol.common import ChatCompletionTokenLogprob, FinishReason, TopLogprob
 
 T = TypeVar("T")
@@ -154,3 +157,24 @@ async def merge_streams(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@dataclass(slots=True)
+class FirstTokenTimer:
+    """Observes time to first token and to first content token (after reasoning), once each,
+    for streamed and non-streamed requests alike."""
+
+    started: float  # time.perf_counter() when handling began
+    token_seen: bool = False
+    content_seen: bool = False
+
+    def saw(self, reasoning: str, content: str) -> None:
+        if not (reasoning or content) or self.content_seen:
+            return
+        elapsed = time.perf_counter() - self.started
+        if not self.token_seen:
+            self.token_seen = True
+            TIME_TO_FIRST_TOKEN.observe(elapsed)
+        if content:
+            self.content_seen = True
+            TIME_TO_FIRST_CONTENT_TOKEN.observe(elapsed)

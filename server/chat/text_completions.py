@@ -17,10 +17,15 @@ from dataclasses import dataclass
 
 from server.api.errors import APIError, InvalidRequest, sse_error_event
 from server.chat.context import ServingContext
-from server.chat.outputs import SSE_DONE, ChoiceState, merge_streams, sse_event
+from server.chat.outputs import (
+    SSE_DONE,
+    ChoiceState,
+    FirstTokenTimer,
+    merge_streams,
+    sse_event,
+)
 from server.chat.sampling import check_token_ids, max_output_tokens, sampling_options
 from server.engine.contract import GenerateOutput, GenerateRequest, TokenLogprob
-from server.metrics import TIME_TO_FIRST_CONTENT_TOKEN, TIME_TO_FIRST_TOKEN
 from server.protocol.common import Usage
 from server.protocol.completions import (
     Completion,
@@ -133,10 +138,11 @@ class TextCompletions:
         request = prepared.request
         n = request.n
         states = [ChoiceState(i, reasoning=False) for i in range(n * len(request.prompt))]
+        timer = FirstTokenTimer(prepared.started)
         try:
             async with aclosing(self._streams(prepared)) as outputs:
                 async for prompt_index, out in outputs:
-                    states[prompt_index * n + out.index].add(out)
+                    timer.saw(*states[prompt_index * n + out.index].add(out))
         finally:
             prepared.done()
         choices = [
@@ -162,18 +168,14 @@ class TextCompletions:
         request = prepared.request
         n = request.n
         states = [ChoiceState(i, reasoning=False) for i in range(n * len(request.prompt))]
-        first = False
+        timer = FirstTokenTimer(prepared.started)
         try:
             async with aclosing(self._streams(prepared)) as outputs:
                 async for prompt_index, out in outputs:
                     state = states[prompt_index * n + out.index]
                     known = len(state.logprobs)
                     _, text = state.add(out)
-                    if text and not first:
-                        first = True
-                        elapsed = time.perf_counter() - prepared.started
-                        TIME_TO_FIRST_TOKEN.observe(elapsed)
-                        TIME_TO_FIRST_CONTENT_TOKEN.observe(elapsed)
+                    timer.saw("", text)
                     logprobs = None
                     if request.logprobs is not None and out.logprobs:
                         logprobs = completion_logprobs(

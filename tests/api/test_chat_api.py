@@ -251,3 +251,28 @@ async def test_token_ids_outside_the_vocabulary(make_client: Any) -> None:
         response = await client.post(URL, json=_body(stream=True, **{field: value}))
         assert response.status_code == 400 and response.json()["error"]["param"] == field
     assert not engine.requests
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_first_token_metrics_for_streamed_and_whole_responses(
+    make_client: Any, stream: bool
+) -> None:
+    """TTFT is observed for every request; time to first *content* token only once the
+    reasoning is over (here: a Thinking-model script whose content starts after ◁/think▷)."""
+    from prometheus_client import REGISTRY
+
+    def count(name: str) -> float:
+        return REGISTRY.get_sample_value(f"kimi_vl_{name}_seconds_count") or 0.0
+
+    client, _ = await make_client(script=THINKING, reasoning=True)
+    before = count("time_to_first_token"), count("time_to_first_content_token")
+    response = await client.post(URL, json=_body(stream=stream))
+    assert response.status_code == 200
+    assert count("time_to_first_token") == before[0] + 1
+    assert count("time_to_first_content_token") == before[1] + 1
+
+    reasoning_only, _ = await make_client(script=["◁think▷", "still thinking"], reasoning=True)
+    before = count("time_to_first_token"), count("time_to_first_content_token")
+    assert (await reasoning_only.post(URL, json=_body(stream=stream))).status_code == 200
+    assert count("time_to_first_token") == before[0] + 1
+    assert count("time_to_first_content_token") == before[1]  # no content came

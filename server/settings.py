@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,7 +26,16 @@ from pydantic_settings import (
 )
 
 ENV_PREFIX = "KIMI_VL_"
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _configs_dir() -> Path:
+    """The presets: the checkout's configs/ (editable install), else the wheel's copy."""
+    checkout = Path(__file__).resolve().parent.parent / "configs"
+    installed = Path(sys.prefix) / "share" / "kimi-vl-server" / "configs"
+    return checkout if checkout.is_dir() or not installed.is_dir() else installed
+
+
+CONFIGS_DIR = _configs_dir()
 TINY_MODEL_NAME = "kimi-vl-tiny"
 TINY_PRESET = "tiny"  # applies when neither a model nor a preset is given
 # Pillow refuses images above 2 * Image.MAX_IMAGE_PIXELS before we can apply our own cap, so a

@@ -1,7 +1,8 @@
 """Serving benchmark: our server vs vLLM's own OpenAI server, same checkpoint, same workload.
 
     python benchmarks/serve.py [--model DIR] [--requests 96] [--rounds 4] [--concurrency 8]
-                               [--max-tokens 32] [--images 1] [--json PATH] [--only ours|vllm]
+                               [--rate R] [--max-tokens 32] [--images 1] [--json PATH]
+                               [--only ours|vllm]
 
 Both servers run the tiny checkpoint (written to a temporary folder unless --model is given)
 with the same engine settings (float32, eager, max_model_len 4096, 1 GiB KV cache) and the same
@@ -212,23 +213,40 @@ async def _one(client: httpx.AsyncClient, url: str, body: dict) -> tuple[float, 
     return (ttft if ttft is not None else time.perf_counter() - start), prompt, tokens
 
 
+def arrival_times(count: int, rate: float | None, seed: int = 1) -> list[float]:
+    """Send offsets in seconds: all 0 (closed loop), or a seeded Poisson process at `rate`/s."""
+    times = [0.0] * count
+    if rate is not None:
+        gaps = random.Random(seed)
+        for i in range(1, count):
+            times[i] = times[i - 1] + gaps.expovariate(rate)
+    return times
+
+
 async def run_load(
-    base: str, bodies: list[dict], concurrency: int
+    base: str, bodies: list[dict], concurrency: int, rate: float | None = None
 ) -> tuple[float, list[float], int, int]:
-    """(seconds, TTFT of each request, prompt tokens, completion tokens) at `concurrency`."""
+    """(seconds, TTFT of each request, prompt tokens, completion tokens).
+
+    Closed loop (`rate` None): `concurrency` requests in flight at all times. Open loop: request
+    i is sent at a seeded Poisson arrival time (`rate` per second), at most `concurrency` in
+    flight; TTFT counts from when a request is sent.
+    """
     url = base + "/v1/chat/completions"
     gate = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency + 4)
+    arrivals = arrival_times(len(bodies), rate)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
-
-        async def one(body: dict) -> tuple[float, int, int]:
-            async with gate:
-                return await _one(client, url, body)
-
         for body in bodies[:2]:  # warm-up, not measured
             await _one(client, url, body)
         start = time.perf_counter()
-        results = await asyncio.gather(*(one(b) for b in bodies))
+
+        async def one(i: int, body: dict) -> tuple[float, int, int]:
+            await asyncio.sleep(max(0.0, start + arrivals[i] - time.perf_counter()))
+            async with gate:
+                return await _one(client, url, body)
+
+        results = await asyncio.gather(*(one(i, b) for i, b in enumerate(bodies)))
         elapsed = time.perf_counter() - start
     ttfts = [t for t, _, _ in results]
     return elapsed, ttfts, sum(p for _, p, _ in results), sum(n for _, _, n in results)
@@ -269,8 +287,8 @@ def compare(results: dict[str, SideResult]) -> dict[str, float]:
     }
 
 
-def benchmark(servers: list[Server], bodies: list[dict], concurrency: int, rounds: int
-              ) -> dict[str, SideResult]:  # fmt: skip
+def benchmark(servers: list[Server], bodies: list[dict], concurrency: int, rounds: int,
+              rate: float | None = None) -> dict[str, SideResult]:  # fmt: skip
     by_name = {s.name: s for s in servers}
     per_side: dict[str, list[Round]] = {s.name: [] for s in servers}
     ttfts: dict[str, list[float]] = {s.name: [] for s in servers}
@@ -278,7 +296,7 @@ def benchmark(servers: list[Server], bodies: list[dict], concurrency: int, round
         time.sleep(2)  # let the other side's engine leave its busy-poll (1 s) before we start
         others = [s for s in servers if s.name != name]
         idle_before = sum(_tree_cpu_seconds(s.pid) for s in others)
-        run = asyncio.run(run_load(by_name[name].base, bodies, concurrency))
+        run = asyncio.run(run_load(by_name[name].base, bodies, concurrency, rate))
         elapsed, times, prompt_tokens, tokens = run
         idle_cpu = sum(_tree_cpu_seconds(s.pid) for s in others) - idle_before
         result = Round(
@@ -310,7 +328,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--model", type=Path, help="checkpoint folder (default: a fresh tiny one)")
     parser.add_argument("--requests", type=int, default=96, help="requests per round")
     parser.add_argument("--rounds", type=int, default=4, help="rounds per side (ABBA order)")
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (max)")
+    parser.add_argument(
+        "--rate", type=float, help="open loop: Poisson arrivals at this many requests/s"
+    )
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--images", type=int, default=1, help="images per request")
     parser.add_argument("--json", type=Path, help="write the figures here")
@@ -348,11 +369,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                 servers.append(
                     stack.enter_context(launched(name, argv, ready, env, work / f"{name}.log"))
                 )
-        results = benchmark(servers, bodies, args.concurrency, args.rounds)
+        results = benchmark(servers, bodies, args.concurrency, args.rounds, args.rate)
 
     say(
         f"\n{args.rounds} rounds x {args.requests} streaming chat requests, {args.images} "
-        f"image(s) each, {args.max_tokens} output tokens, concurrency {args.concurrency}, "
+        f"image(s) each, {args.max_tokens} output tokens, concurrency {args.concurrency}"
+        f"{f', Poisson arrivals at {args.rate}/s' if args.rate else ''}, "
         f"model {model}"
     )
     say(f"{'server':<8}{'req/s':>9}{'out tok/s':>11}{'TTFT p50':>11}{'TTFT p99':>11}{'start s':>9}")
@@ -362,6 +384,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             f"{r.ttft_p50_s * 1000:>9.0f}ms{r.ttft_p99_s * 1000:>9.0f}ms{r.startup_s:>9.1f}"
         )
     report: dict[str, object] = {name: asdict(r) for name, r in results.items()}
+    report["workload"] = {
+        "requests_per_round": args.requests, "rounds": args.rounds, "images": args.images,
+        "max_tokens": args.max_tokens, "concurrency": args.concurrency, "rate": args.rate,
+    }  # fmt: skip
     if len(results) == 2:
         ratios = compare(results)
         report.update(ratios)

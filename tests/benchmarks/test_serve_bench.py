@@ -7,11 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.serve import main, round_order
+from benchmarks.serve import arrival_times, main, round_order
 
 
 def test_rounds_alternate_abba() -> None:
     assert round_order(["ours", "vllm"], 3) == ["ours", "vllm", "vllm", "ours", "ours", "vllm"]
+
+
+def test_open_loop_arrivals_are_a_seeded_poisson_process() -> None:
+    assert arrival_times(5, None) == [0.0] * 5  # closed loop: the gate paces the requests
+    times = arrival_times(4000, 20.0)
+    assert times[0] == 0.0 and times == sorted(times) and times == arrival_times(4000, 20.0)
+    assert times[-1] / (len(times) - 1) == pytest.approx(1 / 20, rel=0.05)  # mean gap 1/rate
 
 
 @pytest.mark.slow

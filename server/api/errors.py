@@ -283,6 +283,9 @@ async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
     return error_response(validation_error(exc.errors()))
 
 
+_FASTAPI_BODY_PARSE_ERROR = "There was an error parsing the body"
+
+
 async def _http_exception_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     err: APIError
@@ -290,6 +293,9 @@ async def _http_exception_handler(request: Request, exc: Exception) -> JSONRespo
         err = RouteNotFound(f"Unknown route: {request.method} {request.url.path}")
     elif exc.status_code == 405:
         err = MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}.")
+    elif exc.status_code == 400 and exc.detail == _FASTAPI_BODY_PARSE_ERROR:
+        # FastAPI's answer when the JSON parser itself fails (e.g. nesting too deep to parse)
+        err = InvalidRequest("The request body could not be parsed as JSON.", code="invalid_json")
     else:
         err = APIError(str(exc.detail), code=f"http_{exc.status_code}")
         err.status_code = exc.status_code

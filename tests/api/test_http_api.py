@@ -124,6 +124,12 @@ async def test_errors_use_the_envelope(make_client: Any) -> None:
         headers={"content-type": "application/json"},
     )
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
+    # Nesting too deep for the JSON parser itself (RecursionError inside FastAPI's body read).
+    deep = b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    response = await client.post(
+        "/v1/chat/completions", content=deep, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
     tools = {**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}
     response = await client.post("/v1/chat/completions", json=tools)
     assert response.json()["error"]["code"] == "unsupported_parameter"

@@ -93,6 +93,10 @@ class TooManyVideos(InvalidRequest):
     code = "too_many_videos"
 
 
+class TooManySequences(InvalidRequest):
+    code = "too_many_sequences"
+
+
 class InvalidVideoURL(InvalidRequest):
     code = "invalid_video_url"
 

@@ -3,7 +3,8 @@
 The engine runs `max_num_seqs` sequences at once; up to `max_queued_requests` more may wait in
 it. Past that the server answers 503 `server_overloaded` with Retry-After at once, before
 fetching any media, instead of letting latency grow without bound. A request with n choices
-occupies n sequences.
+occupies n sequences (a text completion: n per prompt); one that asks for more sequences than
+the server can ever hold gets 400 `too_many_sequences`, since retrying would not help.
 
 Engine request ids come from the client's X-Request-Id when given, so logs on both sides line
 up; a client that reuses an id still gets a unique engine id (aborting one request must never
@@ -15,7 +16,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 
-from server.api.errors import ServerOverloaded
+from server.api.errors import ServerOverloaded, TooManySequences
 from server.metrics import QUEUED_REQUESTS
 
 
@@ -49,8 +50,15 @@ class AdmissionGate:
         return self._active
 
     def admit(self, request_id: str, seats: int = 1) -> Ticket:
-        """Admit a request or raise ServerOverloaded (503 + Retry-After)."""
+        """Admit a request, or raise ServerOverloaded (503 + Retry-After) when it must wait
+        for others, TooManySequences (400) when it can never fit."""
         running = max(1, self._max_running())
+        if seats > running + self._max_queued:
+            raise TooManySequences(
+                f"The request needs {seats} sequences (choices x prompts); this server holds at "
+                f"most {running + self._max_queued} at once ({running} running, "
+                f"{self._max_queued} queued)."
+            )
         if self._active + seats > running + self._max_queued:
             raise ServerOverloaded(
                 f"The server is at capacity ({running} running, {self._max_queued} queued); "

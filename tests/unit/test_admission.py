@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.api.errors import ServerOverloaded
+from server.api.errors import ServerOverloaded, TooManySequences
 from server.chat.admission import AdmissionGate
 from server.metrics import QUEUED_REQUESTS
 
@@ -30,3 +30,12 @@ def test_reused_client_ids_get_unique_engine_ids() -> None:
     ticket = gate.admit("other")
     ticket.release()
     assert gate.admit("other").request_id == "other"  # free again once released
+
+
+def test_a_request_that_can_never_fit_is_a_400_not_a_retry() -> None:
+    gate = AdmissionGate(max_queued=2, max_running=lambda: 2)
+    with pytest.raises(TooManySequences) as info:
+        gate.admit("huge", seats=5)
+    assert info.value.status_code == 400 and info.value.code == "too_many_sequences"
+    assert gate.active == 0
+    gate.admit("fits", seats=4)  # exactly the capacity: admitted

@@ -74,15 +74,25 @@ class TextCompletions:
             for prompt in request.prompt
         ]
         pad = self.ctx.specials.media_pad
+        vocab = self.ctx.vocab_size
         for i, ids in enumerate(prompts):
+            param = f"prompt[{i}]" if len(prompts) > 1 else "prompt"
             if pad in ids:
                 raise InvalidRequest(
                     "Images are supported in /v1/chat/completions only; the prompt contains "
                     "the image placeholder token.",
-                    param=f"prompt[{i}]" if len(prompts) > 1 else "prompt",
+                    param=param,
                 )
             if not ids:
-                raise InvalidRequest("The prompt is empty.", param="prompt")
+                raise InvalidRequest("The prompt is empty.", param=param)
+            # Checked here, so that a streamed request gets a 400 rather than an error event.
+            bad = next((t for t in ids if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise InvalidRequest(
+                    f"Token id {bad} in the prompt is outside the vocabulary (size {vocab}).",
+                    param=param,
+                    code="invalid_value",
+                )
         return prompts
 
     async def prepare(self, request: CompletionRequest, request_id: str) -> PreparedCompletion:

@@ -163,3 +163,10 @@ async def test_legacy_completions(make_client: Any) -> None:
     pad = {"prompt": "look <|media_pad|>"}
     response = await client.post("/v1/completions", json=pad)
     assert response.status_code == 400 and response.json()["error"]["param"] == "prompt"
+
+    # Token ids outside the vocabulary: a 400 naming the prompt, also when streaming.
+    oov = {"prompt": [[1, 2], [3, 10**9]], "stream": True}
+    response = await client.post("/v1/completions", json=oov)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "prompt[1]"
+    assert response.json()["error"]["code"] == "invalid_value"

@@ -92,6 +92,17 @@ def build_workload(count: int, images: int, max_tokens: int, seed: int = 0) -> l
     return bodies
 
 
+def _process_tree(pid: int) -> list:  # list[psutil.Process]
+    """The process and all its descendants; empty if it is gone."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
 def stop_tree(process: subprocess.Popen) -> None:
     """SIGTERM the server, then kill whatever it left behind (engine core, workers).
 
@@ -100,10 +111,7 @@ def stop_tree(process: subprocess.Popen) -> None:
     """
     import psutil
 
-    try:
-        children = psutil.Process(process.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        children = []
+    children = _process_tree(process.pid)[1:]
     process.terminate()
     try:
         process.wait(timeout=30)
@@ -148,13 +156,8 @@ def _tree_cpu_seconds(pid: int) -> float:
     """CPU seconds (user + system) used so far by a process and all its descendants."""
     import psutil
 
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
     total = 0.0
-    for proc in procs:
+    for proc in _process_tree(pid):
         with contextlib.suppress(psutil.NoSuchProcess):
             times = proc.cpu_times()
             total += times.user + times.system

@@ -216,17 +216,14 @@ class MoonViT(nn.Module):
         """
         grids = [(int(h), int(w)) for h, w in grids]
         budget = CPU_PATCHES_PER_PASS if pixel_values.device.type == "cpu" else None
-        groups = _groups([h * w for h, w in grids], budget)
+        lengths = [h * w for h, w in grids]
+        groups = _groups(lengths, budget)
         if len(groups) == 1:
             return self._forward_packed(pixel_values, grids)
-        outs, start = [], 0
-        for first, last in groups:
-            count = sum(h * w for h, w in grids[first:last])
-            outs.append(
-                self._forward_packed(pixel_values[start : start + count], grids[first:last])
-            )
-            start += count
-        return torch.cat(outs)
+        chunks = pixel_values.split([sum(lengths[a:b]) for a, b in groups])
+        return torch.cat(
+            [self._forward_packed(c, grids[a:b]) for c, (a, b) in zip(chunks, groups, strict=True)]
+        )
 
     def _forward_packed(self, pixel_values: torch.Tensor, grids: list[Grid]) -> torch.Tensor:
         dev = pixel_values.device

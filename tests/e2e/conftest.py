@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import json
 import os
 import signal
 import socket
@@ -22,6 +23,8 @@ import httpx
 import pytest
 from PIL import Image
 
+from server.model.image_processing import ImageProcessorConfig
+from server.model.tokenizer import TikTokenTokenizer
 from tests.media import videos
 
 REPO = Path(__file__).resolve().parents[2]
@@ -242,3 +245,17 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+@pytest.fixture(scope="session")
+def tokenizer(server: RunningServer) -> TikTokenTokenizer:
+    """The shared server's tokenizer, read from its tiny checkpoint."""
+    tok: TikTokenTokenizer = TikTokenTokenizer.from_pretrained(str(server.tiny_dir))
+    return tok
+
+
+@pytest.fixture(scope="session")
+def image_cfg(server: RunningServer) -> ImageProcessorConfig:
+    """The shared server's image processor config (token arithmetic for expected counts)."""
+    raw = json.loads((server.tiny_dir / "preprocessor_config.json").read_text())
+    return ImageProcessorConfig.from_dict(raw)

@@ -31,18 +31,6 @@ def client(server: RunningServer) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.v1, api_key=API_KEY, max_retries=0, timeout=60)
 
 
-@pytest.fixture(scope="module")
-def tokenizer(server: RunningServer) -> TikTokenTokenizer:
-    tok: TikTokenTokenizer = TikTokenTokenizer.from_pretrained(str(server.tiny_dir))
-    return tok
-
-
-@pytest.fixture(scope="module")
-def image_cfg(server: RunningServer) -> ImageProcessorConfig:
-    raw = json.loads((server.tiny_dir / "preprocessor_config.json").read_text())
-    return ImageProcessorConfig.from_dict(raw)
-
-
 def data_url(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode()
 

@@ -33,18 +33,6 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 MIME = {"mp4": "video/mp4", "webm": "video/webm", "gif": "image/gif", "large.mp4": "video/mp4"}
 
 
-@pytest.fixture(scope="module")
-def tokenizer(server: RunningServer) -> TikTokenTokenizer:
-    tok: TikTokenTokenizer = TikTokenTokenizer.from_pretrained(str(server.tiny_dir))
-    return tok
-
-
-@pytest.fixture(scope="module")
-def image_cfg(server: RunningServer) -> ImageProcessorConfig:
-    raw = json.loads((server.tiny_dir / "preprocessor_config.json").read_text())
-    return ImageProcessorConfig.from_dict(raw)
-
-
 def data_url(kind: str) -> str:
     return f"data:{MIME.get(kind, 'video/mp4')};base64," + base64.b64encode(video(kind)).decode()
 

@@ -25,6 +25,8 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from server.model.media_format import MAX_VIDEO_TOKENS
+
 ENV_PREFIX = "KIMI_VL_"
 
 
@@ -41,10 +43,6 @@ TINY_PRESET = "tiny"  # applies when neither a model nor a preset is given
 # Pillow refuses images above 2 * Image.MAX_IMAGE_PIXELS before we can apply our own cap, so a
 # larger setting could never take effect; keep the limit honest instead of silently ignoring it.
 PILLOW_HARD_PIXEL_LIMIT = 2 * 89_478_485
-# = server.model.processing.MAX_VIDEO_TOKENS (vLLM sizes its encoder cache from it; importing
-# that module here would load vLLM into every CLI call — tests/unit/test_settings.py keeps the
-# two equal).
-MAX_VIDEO_TOKENS_CAP = 32768
 MAX_VIDEO_FRAMES_CAP = 512
 MAX_VIDEO_FPS_CAP = 60.0
 
@@ -246,7 +244,7 @@ class Settings(BaseSettings):
     max_video_tokens: int = Field(
         default=16384,
         ge=1,
-        le=MAX_VIDEO_TOKENS_CAP,
+        le=MAX_VIDEO_TOKENS,  # vLLM sizes its encoder cache from it
         description="image tokens of one video's frames (default and largest video.max_tokens)",
     )
     max_video_seconds: float = Field(

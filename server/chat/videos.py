@@ -26,6 +26,7 @@ from server.chat.prompt import IMAGE_MARKER_TEXT, VIDEO_MARKER_TEXT, VideoRef
 from server.media import MediaLimits
 from server.media.video import DecodedVideo, VideoOptions, load_video
 from server.model.image_processing import ImageProcessorConfig
+from server.model.media_format import format_timestamp
 from server.protocol.chat import VideoOptions as RequestedVideoOptions
 from server.settings import Settings
 
@@ -37,14 +38,6 @@ class VideoTokenizer(Protocol):
     def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
 
     def encode_text(self, text: str) -> list[int]: ...
-
-
-def timestamp_text(seconds: float) -> str:
-    """The processor's own per-frame text. Imported on first use: server.model.processing
-    loads vLLM (seconds), which the serving process has loaded anyway."""
-    from server.model.processing import format_timestamp
-
-    return format_timestamp(seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +124,7 @@ def expanded_tokens(video: DecodedVideo, *, timestamps: bool, tokenizer: VideoTo
     text = 0
     if timestamps:
         text = sum(
-            len(tokenizer.encode(timestamp_text(t), add_special_tokens=False))
+            len(tokenizer.encode(format_timestamp(t), add_special_tokens=False))
             for t in video.timestamps
         )
     return len(video.timestamps) * per_frame + text

@@ -23,11 +23,10 @@ from vllm.sequence import IntermediateTensors
 
 from server.model.checkpoint import validate_checkpoint_dir
 from server.model.decoder import LanguageModel
+from server.model.media_format import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
 from server.model.moe import KimiMoE
 from server.model.moonvit import MoonViT
 from server.model.processing import (
-    IMAGE_PLACEHOLDER,
-    VIDEO_PLACEHOLDER,
     KimiVLDummyInputsBuilder,
     KimiVLMultiModalProcessor,
     KimiVLProcessingInfo,

@@ -42,24 +42,14 @@ from server.model.image_processing import (
     num_image_tokens,
     preprocess_images,
 )
+from server.model.media_format import (
+    IMAGE_PLACEHOLDER,
+    MAX_VIDEO_TOKENS,
+    VIDEO_PLACEHOLDER,
+    format_timestamp,
+)
 
-MEDIA_PAD = "<|media_pad|>"
-IMAGE_PLACEHOLDER = "<|media_start|>image<|media_content|><|media_pad|><|media_end|>"
-VIDEO_PLACEHOLDER = "<|media_start|>video<|media_content|><|media_pad|><|media_end|>"
-# Upper bound on one video's LLM tokens (frames x tokens per frame); the server caps requests
-# below it. vLLM sizes its encoder cache from this, so it must not be exceeded.
-MAX_VIDEO_TOKENS = 32768
 _DUMMY_FRAME = 448  # 256 tokens per dummy frame
-
-
-def format_timestamp(seconds: float) -> str:
-    """`MM:SS`, or `H:MM:SS` from one hour on (the per-frame text before each frame)."""
-    s = int(seconds)
-    return (
-        f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-        if s >= 3600
-        else f"{s // 60:02d}:{s % 60:02d}"
-    )
 
 
 def split_video(item: Any) -> tuple[Any, dict]:

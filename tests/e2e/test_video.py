@@ -12,9 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
-from server.chat.videos import expanded_tokens, timestamp_text
+from server.chat.videos import expanded_tokens
 from server.media.video import DecodedVideo, VideoOptions, decode_video
 from server.model.image_processing import ImageProcessorConfig
+from server.model.media_format import format_timestamp
 from server.model.tokenizer import TikTokenTokenizer
 from server.settings import TINY_MODEL_NAME
 from tests.e2e.conftest import (
@@ -130,8 +131,8 @@ def test_timestamps_switch(
     on = prompt_tokens(chat(server, parts, video={"fps": 2.0}))
     off = prompt_tokens(chat(server, parts, video={"fps": 2.0, "timestamps": False}))
     stamps = local_decode("mp4", image_cfg, fps=2.0).timestamps
-    assert [timestamp_text(t) for t in stamps][:3] == ["00:00", "00:00", "00:01"]
-    text = sum(len(tokenizer.encode(timestamp_text(t), add_special_tokens=False)) for t in stamps)
+    assert [format_timestamp(t) for t in stamps][:3] == ["00:00", "00:00", "00:01"]
+    text = sum(len(tokenizer.encode(format_timestamp(t), add_special_tokens=False)) for t in stamps)
     assert on - off == text > 0
 
 

@@ -16,22 +16,18 @@ from server.chat.prompt import SpecialIds, VideoRef, render_prompt
 from server.chat.videos import VideoPolicy, expanded_tokens, video_block_tokens
 from server.media.video import DecodedVideo, VideoOptions, decode_video
 from server.model.image_processing import ImageProcessorConfig
-from server.model.processing import MAX_VIDEO_TOKENS, format_timestamp
+from server.model.media_format import format_timestamp
 from server.model.tiny import PREPROCESSOR_CONFIG
 from server.model.tokenizer import TikTokenTokenizer
 from server.protocol.chat import ChatCompletionRequest
 from server.protocol.chat import VideoOptions as Requested
-from server.settings import MAX_VIDEO_TOKENS_CAP, load_settings
+from server.settings import load_settings
 from tests.media import videos
 
 CFG = ImageProcessorConfig.from_dict(dict(PREPROCESSOR_CONFIG))
 POLICY = VideoPolicy.from_settings(load_settings({"model": "m"}))
 IMAGE_BLOCK = "<|media_start|>image<|media_content|>{pads}<|media_end|>"
 VIDEO_BLOCK = "<|media_start|>video<|media_content|><|media_pad|><|media_end|>"
-
-
-def test_settings_cap_is_the_models() -> None:
-    assert MAX_VIDEO_TOKENS_CAP == MAX_VIDEO_TOKENS
 
 
 def test_defaults_from_settings() -> None:

@@ -20,10 +20,10 @@ from server.api import chat, completions, health, models
 from server.api.auth import APIKeyMiddleware
 from server.api.errors import install_error_handlers
 from server.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
-from server.chat.chat_completions import ChatCompletions
-from server.chat.context import ServingContext
-from server.chat.text_completions import TextCompletions
 from server.engine.contract import Engine
+from server.serving.chat import ChatCompletions
+from server.serving.completions import TextCompletions
+from server.serving.context import ServingContext
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)

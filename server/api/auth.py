@@ -14,7 +14,8 @@ from collections.abc import Iterable
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.api.errors import InvalidAPIKey, error_response
+from server.api.errors import error_response
+from server.errors import InvalidAPIKey
 
 PROBE_PATHS = frozenset({"/health", "/ready", "/metrics"})
 

@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from server.chat.chat_completions import ChatCompletions
-from server.chat.context import ServingContext
-from server.chat.text_completions import TextCompletions
+from server.serving.chat import ChatCompletions
+from server.serving.completions import TextCompletions
+from server.serving.context import ServingContext
 
 
 def _context(request: Request) -> ServingContext:

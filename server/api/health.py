@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from server.api.deps import Context
-from server.api.errors import EngineDead, EngineStarting
+from server.errors import EngineDead, EngineStarting
 from server.metrics import render_metrics
 
 router = APIRouter()

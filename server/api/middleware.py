@@ -16,7 +16,8 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.api.errors import RequestTooLarge, error_response
+from server.api.errors import error_response
+from server.errors import RequestTooLarge
 from server.metrics import REQUESTS_IN_FLIGHT, record_http_request
 
 access_logger = logging.getLogger("server.access")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from server.api.deps import Context
-from server.api.errors import ModelNotFound
-from server.chat.context import ServingContext
+from server.errors import ModelNotFound
 from server.protocol.common import ModelCard, ModelList
+from server.serving.context import ServingContext
 
 router = APIRouter()
 

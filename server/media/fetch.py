@@ -21,7 +21,7 @@ from urllib.parse import unquote, unquote_to_bytes, urlsplit
 import httpcore
 import httpx
 
-from server.api.errors import (
+from server.errors import (
     InvalidImageURL,
     MediaFetchFailed,
     MediaHostNotAllowed,

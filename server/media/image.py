@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from server.api.errors import ImageTooLarge, InvalidImage
+from server.errors import ImageTooLarge, InvalidImage
 from server.metrics import MEDIA_DECODE_SECONDS
 
 SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 import httpcore
 import httpx
 
-from server.api.errors import MediaFetchFailed, MediaHostNotAllowed
+from server.errors import MediaFetchFailed, MediaHostNotAllowed
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")

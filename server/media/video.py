@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from server.api.errors import InvalidRequest
+from server.errors import InvalidRequest
 from server.media.fetch import MediaLimits, fetch_media
 from server.metrics import MEDIA_DECODE_SECONDS
 from server.model.image_processing import ImageProcessorConfig, num_image_tokens

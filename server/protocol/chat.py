@@ -136,7 +136,7 @@ class ChatMessage(BaseModel):
 class VideoOptions(BaseModel):
     """Server extension: how `video_url` parts are sampled into frames.
 
-    Unset fields take the server's defaults; the server's caps are checked in server/chat/.
+    Unset fields take the server's defaults; the server's caps are checked in server/serving/.
     """
 
     model_config = ConfigDict(extra="forbid")

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from server.chat.images import ImageBudget
 from server.model.image_processing import num_image_tokens
 from server.model.tiny import PREPROCESSOR_CONFIG
+from server.serving.images import ImageBudget
 from tests.api.conftest import MODEL, png_data_url, sse_events
 
 pytestmark = pytest.mark.asyncio

@@ -12,11 +12,11 @@ from typing import Any
 import httpx
 import pytest
 
-from server.chat.videos import expanded_tokens
 from server.media.video import DecodedVideo, VideoOptions, decode_video
 from server.model.image_processing import ImageProcessorConfig
 from server.model.media_format import format_timestamp
 from server.model.tokenizer import TikTokenTokenizer
+from server.serving.videos import expanded_tokens
 from server.settings import TINY_MODEL_NAME
 from tests.e2e.conftest import (
     API_KEY,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from server.api.errors import ServerOverloaded, TooManySequences
-from server.chat.admission import AdmissionGate
+from server.errors import ServerOverloaded, TooManySequences
 from server.metrics import QUEUED_REQUESTS
+from server.serving.admission import AdmissionGate
 
 
 def test_capacity_counts_sequences_and_releases() -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from server.api.errors import ImageTooLarge, TooManyImages
-from server.chat.images import LOW_DETAIL_MAX_TOKENS, ImageBudget, check_image_count, fit_image
-from server.chat.prompt import ImageRef
+from server.errors import ImageTooLarge, TooManyImages
 from server.model.image_processing import num_image_tokens, resized_size
 from server.model.tiny import PREPROCESSOR_CONFIG
+from server.serving.images import LOW_DETAIL_MAX_TOKENS, ImageBudget, check_image_count, fit_image
+from server.serving.prompt import ImageRef
 
 BUDGET = ImageBudget.from_preprocessor(PREPROCESSOR_CONFIG)
 SIZES = [(32, 24), (64, 64), (1000, 800), (800, 1000), (3000, 2000), (1919, 1081), (4000, 300)]

@@ -11,9 +11,7 @@ import dataclasses
 
 import pytest
 
-from server.api.errors import InvalidRequest, TooManyVideos
-from server.chat.prompt import SpecialIds, VideoRef, render_prompt
-from server.chat.videos import VideoPolicy, expanded_tokens, video_block_tokens
+from server.errors import InvalidRequest, TooManyVideos
 from server.media.video import DecodedVideo, VideoOptions, decode_video
 from server.model.image_processing import ImageProcessorConfig
 from server.model.media_format import format_timestamp
@@ -21,6 +19,8 @@ from server.model.tiny import PREPROCESSOR_CONFIG
 from server.model.tokenizer import TikTokenTokenizer
 from server.protocol.chat import ChatCompletionRequest
 from server.protocol.chat import VideoOptions as Requested
+from server.serving.prompt import SpecialIds, VideoRef, render_prompt
+from server.serving.videos import VideoPolicy, expanded_tokens, video_block_tokens
 from server.settings import load_settings
 from tests.media import videos
 

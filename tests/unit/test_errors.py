@@ -11,18 +11,11 @@ import pytest
 import pytest_asyncio
 from fastapi import FastAPI
 
-from server.api.errors import (
-    APIError,
-    ImageTooLarge,
-    InvalidAPIKey,
-    ModelNotFound,
-    ServerOverloaded,
-    install_error_handlers,
-    param_path,
-    sse_error_event,
-)
+from server.api.errors import install_error_handlers, param_path
 from server.engine.contract import EngineDeadError, PromptTooLongError
+from server.errors import APIError, ImageTooLarge, InvalidAPIKey, ModelNotFound, ServerOverloaded
 from server.protocol import ChatCompletionRequest
+from server.serving.streaming import sse_error_event
 
 
 def make_app() -> FastAPI:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from server.api.errors import ImageTooLarge, InvalidImage
+from server.errors import ImageTooLarge, InvalidImage
 from server.media.image import decode_image
 from tests.unit.conftest import encode_image
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.api.errors import (
+from server.errors import (
     InvalidImageURL,
     MediaFetchFailed,
     MediaHostNotAllowed,

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from server.chat.prompt import SpecialIds, render_prompt
-from server.chat.reasoning import strip_reasoning
 from server.model.tokenizer import TikTokenTokenizer
 from server.protocol.chat import ChatCompletionRequest, ChatMessage
+from server.serving.prompt import SpecialIds, render_prompt
+from server.serving.reasoning import strip_reasoning
 
 IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from server.chat.reasoning import (
+from server.serving.reasoning import (
     THINK_END,
     THINK_START,
     ReasoningSplitter,

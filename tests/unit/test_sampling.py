@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from server.api.errors import ContextLengthExceeded
-from server.chat.sampling import generation_defaults, max_output_tokens, sampling_options
 from server.engine.contract import ModelInfo
+from server.errors import ContextLengthExceeded
 from server.protocol.chat import ChatCompletionRequest
+from server.serving.sampling import generation_defaults, max_output_tokens, sampling_options
 from server.settings import load_settings
 
 MESSAGES = [{"role": "user", "content": "hi"}]

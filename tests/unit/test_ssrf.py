@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from server.api.errors import MediaFetchFailed, MediaHostNotAllowed
+from server.errors import MediaFetchFailed, MediaHostNotAllowed
 from server.media.ssrf import is_public_address, resolve_pinned
 
 REFUSED = [

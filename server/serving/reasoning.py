@@ -19,17 +19,30 @@ THINK_START = "◁think▷"
 THINK_END = "◁/think▷"
 
 
-def split_reasoning(text: str) -> tuple[str | None, str]:
-    """Whole-output split: (reasoning or None when there are no markers, content)."""
+def _markers(text: str) -> tuple[int, int]:
+    """(offset where the reasoning text starts, offset of the end marker or -1)."""
     stripped = text.lstrip()
     opened = stripped.startswith(THINK_START)
-    body = stripped[len(THINK_START) :] if opened else text
-    end = body.find(THINK_END)
+    start = len(text) - len(stripped) + len(THINK_START) if opened else 0
+    return start, text.find(THINK_END, start)
+
+
+def split_reasoning(text: str) -> tuple[str | None, str]:
+    """Whole-output split: (reasoning or None when there are no markers, content)."""
+    start, end = _markers(text)
     if end >= 0:
-        return body[:end].strip(), body[end + len(THINK_END) :].lstrip()
-    if opened:
-        return body.strip(), ""
+        return text[start:end].strip(), text[end + len(THINK_END) :].lstrip()
+    if start:
+        return text[start:].strip(), ""
     return None, text
+
+
+def reasoning_end(text: str) -> int:
+    """Number of leading characters of `text` in the reasoning section, markers included."""
+    start, end = _markers(text)
+    if end >= 0:
+        return end + len(THINK_END)
+    return len(text) if start else 0
 
 
 def strip_reasoning(text: str) -> str:

@@ -15,19 +15,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from server.aio import gather_or_cancel
-from server.api.errors import (
-    APIError,
-    InvalidImageURL,
-    InvalidRequest,
-    InvalidVideoURL,
-    TooManyVideos,
-)
-from server.chat.prompt import IMAGE_MARKER_TEXT, VIDEO_MARKER_TEXT, VideoRef
+from server.errors import APIError, InvalidImageURL, InvalidRequest, InvalidVideoURL, TooManyVideos
 from server.media import MediaLimits
 from server.media.video import DecodedVideo, VideoOptions, load_video
 from server.model.image_processing import ImageProcessorConfig
 from server.model.media_format import format_timestamp
 from server.protocol.chat import VideoOptions as RequestedVideoOptions
+from server.serving.prompt import IMAGE_MARKER_TEXT, VIDEO_MARKER_TEXT, VideoRef
 from server.settings import Settings
 
 # Decoding is CPU-bound (one worker thread per video): a few at a time per request.

@@ -16,20 +16,8 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.api.errors import APIError, sse_error_event
-from server.chat.context import ServingContext
-from server.chat.images import check_image_count, prepare_images
-from server.chat.outputs import (
-    SSE_DONE,
-    ChoiceState,
-    FirstTokenTimer,
-    chat_logprobs,
-    sse_event,
-)
-from server.chat.prompt import render_prompt
-from server.chat.sampling import check_token_ids, max_output_tokens, sampling_options
-from server.chat.videos import PreparedVideo, prepare_videos, video_block_tokens
 from server.engine.contract import GenerateOutput, GenerateRequest
+from server.errors import APIError
 from server.metrics import (
     IMAGE_TOKENS_PER_REQUEST,
     IMAGES_PER_REQUEST,
@@ -46,6 +34,13 @@ from server.protocol.chat import (
     DeltaMessage,
 )
 from server.protocol.common import ChoiceLogprobs, FinishReason, Usage
+from server.serving.choices import ChoiceState, FirstTokenTimer, chat_logprobs
+from server.serving.context import ServingContext
+from server.serving.images import check_image_count, prepare_images
+from server.serving.prompt import render_prompt
+from server.serving.sampling import check_token_ids, max_output_tokens, sampling_options
+from server.serving.streaming import SSE_DONE, sse_error_event, sse_event
+from server.serving.videos import PreparedVideo, prepare_videos, video_block_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +90,7 @@ class ChatCompletions:
             image_tokens = sum(image.num_tokens for image in images)
             video_tokens = sum(video.num_prompt_tokens for video in videos)
             # Each image's single <|media_pad|> expands to its token count in the engine; each
-            # video's whole block is replaced by its frames (server/chat/videos.py).
+            # video's whole block is replaced by its frames (server/serving/videos.py).
             num_prompt_tokens = (
                 len(rendered.token_ids)
                 + image_tokens

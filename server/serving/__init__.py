@@ -1,6 +1,6 @@
 """Chat messages -> Kimi-VL prompt, and the ◁think▷ … ◁/think▷ reasoning splitter."""
 
-from server.chat.reasoning import (
+from server.serving.reasoning import (
     THINK_END,
     THINK_START,
     ReasoningSplitter,

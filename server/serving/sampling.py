@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from server.api.errors import ContextLengthExceeded, InvalidRequest
 from server.engine.contract import ModelInfo, SamplingOptions
+from server.errors import ContextLengthExceeded, InvalidRequest
 from server.protocol.common import SamplingRequest
 from server.settings import Settings
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 
-from server.api.errors import ServerOverloaded, TooManySequences
+from server.errors import ServerOverloaded, TooManySequences
 from server.metrics import QUEUED_REQUESTS
 
 

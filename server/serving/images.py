@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from server.aio import gather_or_cancel
-from server.api.errors import APIError, ImageTooLarge, TooManyImages
-from server.chat.prompt import ImageRef
+from server.errors import APIError, ImageTooLarge, TooManyImages
 from server.media import MediaLimits, decode_image, fetch_media
 from server.model.image_processing import (
     ImageProcessorConfig,
@@ -28,6 +27,7 @@ from server.model.image_processing import (
     num_image_tokens,
     resized_size,
 )
+from server.serving.prompt import ImageRef
 
 LOW_DETAIL_MAX_TOKENS = 256
 _CONCURRENT_LOADS = 8

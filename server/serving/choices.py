@@ -8,31 +8,15 @@ adapter streams (DELTA outputs); a step that carries several tokens is attribute
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncGenerator, Sequence
-from contextlib import aclosing
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
-from server.api.errors import InternalError, RequestAborted
-from server.chat.reasoning import THINK_END, THINK_START, ReasoningSplitter, split_reasoning
 from server.engine.contract import GenerateOutput, TokenLogprob
+from server.errors import InternalError, RequestAborted
 from server.metrics import TIME_TO_FIRST_CONTENT_TOKEN, TIME_TO_FIRST_TOKEN
 from server.protocol.common import ChatCompletionTokenLogprob, FinishReason, TopLogprob
-
-T = TypeVar("T")
-
-
-def reasoning_end(text: str) -> int:
-    """Number of leading characters of `text` that belong to the reasoning section."""
-    stripped = text.lstrip()
-    if stripped.startswith(THINK_START):
-        start = len(text) - len(stripped) + len(THINK_START)
-        end = text.find(THINK_END, start)
-        return len(text) if end < 0 else end + len(THINK_END)
-    end = text.find(THINK_END)
-    return 0 if end < 0 else end + len(THINK_END)
+from server.serving.reasoning import ReasoningSplitter, reasoning_end, split_reasoning
 
 
 def openai_finish_reason(out: GenerateOutput) -> FinishReason:
@@ -111,52 +95,6 @@ def chat_logprobs(steps: Sequence[TokenLogprob]) -> list[ChatCompletionTokenLogp
         )
         for step in steps
     ]
-
-
-def sse_event(payload: str) -> str:
-    return f"data: {payload}\n\n"
-
-
-SSE_DONE = "data: [DONE]\n\n"
-
-
-_END = object()
-
-
-async def merge_streams(
-    streams: Sequence[AsyncGenerator[T, None]],
-) -> AsyncGenerator[tuple[int, T], None]:
-    """Interleave several engine streams as (stream index, item), in arrival order.
-
-    The first failure is raised; leaving early (or failing) cancels and closes every stream,
-    which aborts their engine requests.
-    """
-    queue: asyncio.Queue[tuple[int, Any, Exception | None]] = asyncio.Queue()
-
-    async def pump(index: int, stream: AsyncGenerator[T, None]) -> None:
-        try:
-            async with aclosing(stream):
-                async for item in stream:
-                    await queue.put((index, item, None))
-            await queue.put((index, _END, None))
-        except Exception as exc:
-            await queue.put((index, _END, exc))
-
-    tasks = [asyncio.create_task(pump(i, stream)) for i, stream in enumerate(streams)]
-    try:
-        remaining = len(tasks)
-        while remaining:
-            index, item, error = await queue.get()
-            if error is not None:
-                raise error
-            if item is _END:
-                remaining -= 1
-            else:
-                yield index, item
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @dataclass(slots=True)

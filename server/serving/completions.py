@@ -15,17 +15,8 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 
-from server.api.errors import APIError, InvalidRequest, sse_error_event
-from server.chat.context import ServingContext
-from server.chat.outputs import (
-    SSE_DONE,
-    ChoiceState,
-    FirstTokenTimer,
-    merge_streams,
-    sse_event,
-)
-from server.chat.sampling import check_token_ids, max_output_tokens, sampling_options
 from server.engine.contract import GenerateOutput, GenerateRequest, TokenLogprob
+from server.errors import APIError, InvalidRequest
 from server.protocol.common import Usage
 from server.protocol.completions import (
     Completion,
@@ -33,6 +24,10 @@ from server.protocol.completions import (
     CompletionLogprobs,
     CompletionRequest,
 )
+from server.serving.choices import ChoiceState, FirstTokenTimer
+from server.serving.context import ServingContext
+from server.serving.sampling import check_token_ids, max_output_tokens, sampling_options
+from server.serving.streaming import SSE_DONE, merge_streams, sse_error_event, sse_event
 
 logger = logging.getLogger(__name__)
 

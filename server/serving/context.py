@@ -5,14 +5,14 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any
 
-from server.api.errors import EngineDead, EngineStarting, ModelNotFound
-from server.chat.admission import AdmissionGate
-from server.chat.images import ImageBudget
-from server.chat.prompt import SpecialIds
-from server.chat.sampling import generation_defaults
-from server.chat.videos import VideoPolicy
 from server.engine.contract import Engine, ModelInfo, Tokenizer
+from server.errors import EngineDead, EngineStarting, ModelNotFound
 from server.media import MediaLimits
+from server.serving.admission import AdmissionGate
+from server.serving.images import ImageBudget
+from server.serving.prompt import SpecialIds
+from server.serving.sampling import generation_defaults
+from server.serving.videos import VideoPolicy
 from server.settings import Settings
 
 

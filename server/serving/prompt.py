@@ -11,7 +11,7 @@ without special-token strings the ids equal tokenizing the template's rendering
 Earlier assistant turns lose their ◁think▷ reasoning (Moonshot's demo does the same); each image
 part becomes `<|media_start|>image<|media_content|><|media_pad|><|media_end|>`, whose single
 pad vLLM's processor expands to the image's token count; each video part becomes the same block
-with `video`, which the processor replaces by its frames (server/chat/videos.py counts them).
+with `video`, which the processor replaces by its frames (server/serving/videos.py counts them).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from server.chat.reasoning import strip_reasoning
 from server.protocol.chat import ChatMessage
+from server.serving.reasoning import strip_reasoning
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant"
 IMAGE_MARKER_TEXT = "image"  # the plain text between <|media_start|> and <|media_content|>

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from server.engine.contract import EngineDeadError, PromptTooLongError, RequestRejectedError
+from server.engine.contract import EngineDeadError, RequestRejectedError
 from server.protocol.errors import ErrorDetail, ErrorResponse
 
 INVALID_REQUEST = "invalid_request_error"
@@ -189,8 +189,6 @@ def to_api_error(exc: BaseException) -> APIError:
     """Map any exception to the APIError clients see (unknown ones to a generic 500)."""
     if isinstance(exc, APIError):
         return exc
-    if isinstance(exc, PromptTooLongError):
-        return ContextLengthExceeded(str(exc), param="messages")
     if isinstance(exc, RequestRejectedError):
         return InvalidRequest(str(exc), param=exc.param, code="invalid_value")
     if isinstance(exc, EngineDeadError):

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.engine.contract import EngineDeadError, PromptTooLongError, RequestRejectedError
+from server.engine.contract import EngineDeadError, RequestRejectedError
 from server.errors import (
     INVALID_REQUEST,
     SERVER_ERROR,
@@ -183,6 +183,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_exception_handler)
     app.add_exception_handler(EngineDeadError, _engine_error_handler)
-    app.add_exception_handler(PromptTooLongError, _engine_error_handler)
     app.add_exception_handler(RequestRejectedError, _engine_error_handler)
     app.add_middleware(UnhandledErrorMiddleware)

@@ -30,20 +30,6 @@ class RequestRejectedError(ValueError):
         self.param = param
 
 
-class PromptTooLongError(ValueError):
-    """The prompt (after media expansion) plus the requested output exceeds max_model_len."""
-
-    def __init__(self, num_prompt_tokens: int, max_model_len: int, max_tokens: int | None = None):
-        self.num_prompt_tokens = num_prompt_tokens
-        self.max_model_len = max_model_len
-        self.max_tokens = max_tokens
-        asked = f" plus {max_tokens} output tokens" if max_tokens else ""
-        super().__init__(
-            f"This model's maximum context length is {max_model_len} tokens; the prompt has "
-            f"{num_prompt_tokens} tokens{asked}."
-        )
-
-
 @dataclass(frozen=True, slots=True)
 class SamplingOptions:
     """OpenAI sampling fields as plain values, after request defaults are applied.
@@ -72,7 +58,6 @@ class SamplingOptions:
     logit_bias: Mapping[int, float] | None = None
     json_schema: Mapping[str, Any] | None = None  # response_format json_schema
     json_object: bool = False  # response_format json_object
-    skip_special_tokens: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +67,6 @@ class GenerateRequest:
     sampling: SamplingOptions
     # {"image": [PIL.Image, ...]} in prompt order, one `<|media_pad|>` per image in the prompt.
     multi_modal_data: Mapping[str, Any] | None = None
-    arrival_time: float = field(default_factory=time.time)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,15 +87,6 @@ class TokenLogprob:
 
 
 @dataclass(frozen=True, slots=True)
-class StepTimings:
-    """Engine-side timestamps (time.time() seconds) of the request, when the engine knows them."""
-
-    arrival_time: float
-    first_token_time: float | None = None
-    queue_seconds: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class GenerateOutput:
     """One engine step for one choice: only what is new since the previous step of that choice.
 
@@ -127,8 +102,6 @@ class GenerateOutput:
     num_cached_tokens: int = 0
     logprobs: tuple[TokenLogprob, ...] | None = None
     finish_reason: FinishReason | None = None
-    stop_reason: str | int | None = None  # the stop string or token id that ended the choice
-    timings: StepTimings | None = None
 
     @property
     def finished(self) -> bool:
@@ -139,14 +112,13 @@ class GenerateOutput:
 class ModelInfo:
     """What /v1/models and the prompt builder need to know about the served checkpoint."""
 
-    name: str  # served model name
     root: str  # HF id or local path the weights came from
     max_model_len: int
     reasoning: bool  # outputs ◁think▷…◁/think▷ to be split into reasoning_content
     created: int = field(default_factory=lambda: int(time.time()))
     # Sequences the engine runs at once (admission control queues beyond this).
     max_num_seqs: int = 1
-    # The checkpoint's preprocessor_config.json (image token arithmetic, KIMI_VL.md §3.1).
+    # The checkpoint's preprocessor_config.json (image token arithmetic, docs/model.md#image-preprocessing).
     preprocessor_config: Mapping[str, Any] = field(default_factory=dict)
     # Sampling defaults from the checkpoint's generation_config.json, in SamplingOptions names
     # (temperature, top_p, top_k, min_p, repetition_penalty, max_tokens, …).
@@ -179,9 +151,6 @@ class Engine(Protocol):
     def tokenizer(self) -> Tokenizer: ...
 
     @property
-    def max_model_len(self) -> int: ...
-
-    @property
     def model_info(self) -> ModelInfo: ...
 
     async def start(self) -> None:
@@ -204,11 +173,7 @@ class Engine(Protocol):
         """Stream outputs of all `n` choices, interleaved, until every choice finished.
 
         An async generator (hence no `async def` here): closing it early must abort the request.
-        Raises PromptTooLongError or RequestRejectedError before the first output,
+        Raises RequestRejectedError before the first output,
         EngineDeadError if the engine dies.
         """
-        ...
-
-    async def abort(self, request_id: str) -> None:
-        """Stop a request (client went away); its generator ends with finish_reason 'abort'."""
         ...

@@ -26,7 +26,6 @@ from server.engine.contract import (
     ModelInfo,
     RequestRejectedError,
     SamplingOptions,
-    StepTimings,
     Tokenizer,
     TokenLogprob,
     TopLogprob,
@@ -125,7 +124,6 @@ def sampling_params(options: SamplingOptions, stop_ids: list[int]) -> Any:
         logprobs=options.top_logprobs if options.logprobs else None,
         logit_bias=dict(options.logit_bias) if options.logit_bias else None,
         structured_outputs=structured,
-        skip_special_tokens=options.skip_special_tokens,
         output_kind=RequestOutputKind.DELTA,
     )
 
@@ -160,7 +158,6 @@ class VLLMEngine:
         self._ready = False
         self._failed = False
         self._info = ModelInfo(
-            name=settings.model_name,
             root=settings.model or str(settings.tiny_checkpoint_dir),
             max_model_len=settings.max_model_len or 0,
             reasoning=wants_reasoning(settings, settings.model or ""),
@@ -173,10 +170,6 @@ class VLLMEngine:
             raise EngineDeadError("the engine has not started")
         tokenizer: Tokenizer = self._llm.tokenizer
         return tokenizer
-
-    @property
-    def max_model_len(self) -> int:
-        return self._info.max_model_len
 
     @property
     def model_info(self) -> ModelInfo:
@@ -223,7 +216,6 @@ class VLLMEngine:
         config = self._llm.model_config
         preprocessor = get_hf_image_processor_config(model, revision=config.revision) or {}
         return ModelInfo(
-            name=self._settings.model_name,
             root=model,
             max_model_len=int(config.max_model_len),
             reasoning=wants_reasoning(self._settings, model),
@@ -293,7 +285,6 @@ class VLLMEngine:
     def _steps(
         self, out: Any, request: GenerateRequest, produced: dict[int, int]
     ) -> list[GenerateOutput]:
-        timings = _timings(out, request.arrival_time)
         steps = []
         for comp in out.outputs:
             if not comp.token_ids and comp.finish_reason is None:
@@ -315,22 +306,6 @@ class VLLMEngine:
                     num_cached_tokens=out.num_cached_tokens or 0,
                     logprobs=logprobs,
                     finish_reason=None if reason is None else _FINISH_REASONS.get(reason, "stop"),
-                    stop_reason=comp.stop_reason,
-                    timings=timings,
                 )
             )
         return steps
-
-    async def abort(self, request_id: str) -> None:
-        if self._llm is not None:
-            await self._llm.abort(request_id)
-
-
-def _timings(out: Any, arrival_time: float) -> StepTimings | None:
-    metrics = getattr(out, "metrics", None)
-    if metrics is None:
-        return None
-    queued = getattr(metrics, "queued_ts", None)
-    scheduled = getattr(metrics, "scheduled_ts", None)
-    queue_seconds = scheduled - queued if queued and scheduled else None
-    return StepTimings(arrival_time=arrival_time, queue_seconds=queue_seconds)

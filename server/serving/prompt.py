@@ -6,7 +6,7 @@ special-token strings into special ids — so a user who types `<|im_end|>` cann
 Adjacent text (e.g. two text parts of one message) is joined before encoding, because the
 template concatenates parts with nothing in between and BPE merges across the join. For text
 without special-token strings the ids equal tokenizing the template's rendering
-(tests/unit/test_prompt.py proves it against the checkpoint's jinja template).
+(tests/serving/test_prompt.py proves it against the checkpoint's jinja template).
 
 Earlier assistant turns lose their ◁think▷ reasoning (Moonshot's demo does the same); each image
 part becomes `<|media_start|>image<|media_content|><|media_pad|><|media_end|>`, whose single

@@ -1,4 +1,4 @@
-"""Fixtures for front-end unit tests: encoded images and a real local HTTP media server."""
+"""Fixtures for media tests: encoded images and a real local HTTP media server."""
 
 from __future__ import annotations
 
@@ -11,9 +11,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from PIL import Image
-
-from server.model.tokenizer import TikTokenTokenizer
-from tests.tiny_tokenizer import load_tiny_tokenizer
 
 
 def encode_image(image: Image.Image, fmt: str, **save_args: object) -> bytes:
@@ -127,9 +124,3 @@ def media_server(png_bytes: bytes) -> Iterator[MediaServer]:
 def fresh_media_server(media_server: MediaServer) -> MediaServer:
     media_server.requests.clear()
     return media_server
-
-
-@pytest.fixture(scope="session")
-def kimi_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> TikTokenTokenizer:
-    """The tiny checkpoint's tokenizer: real tiktoken files, real special-token names."""
-    return load_tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"))

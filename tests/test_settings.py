@@ -363,7 +363,7 @@ def test_python_dash_m_server_bad_flag_exits_2() -> None:
         text=True,
         timeout=60,
         env=env,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=Path(__file__).resolve().parents[1],
     )
     assert result.returncode == 2
     assert "--port" in result.stderr and "Traceback" not in result.stderr

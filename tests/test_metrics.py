@@ -71,7 +71,7 @@ def test_multiprocess_mode(tmp_path: Path) -> None:
             check=True,
             env=env,
             timeout=60,
-            cwd=Path(__file__).resolve().parents[2],
+            cwd=Path(__file__).resolve().parents[1],
         )
     text = metrics.render_metrics(str(tmp_path))[0].decode()
     assert 'kimi_vl_http_requests_total{method="GET",route="/v1/models",status="200"} 2.0' in text

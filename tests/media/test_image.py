@@ -11,7 +11,7 @@ from PIL import Image
 
 from server.errors import ImageTooLarge, InvalidImage
 from server.media.image import decode_image
-from tests.unit.conftest import encode_image
+from tests.media.conftest import encode_image
 
 MAX = 10_000_000
 

@@ -19,7 +19,7 @@ from server.errors import (
 from server.media.fetch import MediaLimits, fetch_media
 from server.media.ssrf import PinnedTransport
 from server.settings import Settings
-from tests.unit.conftest import MediaServer
+from tests.media.conftest import MediaServer
 
 
 def limits(**overrides: object) -> MediaLimits:

@@ -19,7 +19,7 @@ def _request(**fields: object) -> ChatCompletionRequest:
 
 def _model(**defaults: object) -> ModelInfo:
     return ModelInfo(
-        name="m", root="r", max_model_len=100, reasoning=False, generation_defaults=defaults
+        root="r", max_model_len=100, reasoning=False, generation_defaults=defaults
     )
 
 

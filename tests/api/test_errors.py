@@ -12,7 +12,7 @@ import pytest_asyncio
 from fastapi import FastAPI
 
 from server.api.errors import install_error_handlers, param_path
-from server.engine.contract import EngineDeadError, PromptTooLongError
+from server.engine.contract import EngineDeadError, RequestRejectedError
 from server.errors import APIError, ImageTooLarge, InvalidAPIKey, ModelNotFound, ServerOverloaded
 from server.protocol import ChatCompletionRequest
 from server.serving.streaming import sse_error_event
@@ -46,9 +46,9 @@ def make_app() -> FastAPI:
     async def dead() -> None:
         raise EngineDeadError("engine core died: CUDA error at 0xdeadbeef")
 
-    @app.get("/too-long")
-    async def too_long() -> None:
-        raise PromptTooLongError(5000, 4096)
+    @app.get("/rejected")
+    async def rejected() -> None:
+        raise RequestRejectedError("token id 999999 is outside the vocabulary", param="logit_bias")
 
     @app.get("/image")
     async def image() -> None:
@@ -167,7 +167,7 @@ async def test_unexpected_exception_is_generic_500(
         ("/auth", 401, "invalid_api_key", None),
         ("/busy", 503, "server_overloaded", None),
         ("/dead", 503, "engine_dead", None),
-        ("/too-long", 400, "context_length_exceeded", "messages"),
+        ("/rejected", 400, "invalid_value", "logit_bias"),
         ("/image", 400, "image_too_large", "messages[0].content[1].image_url"),
     ],
 )

@@ -41,6 +41,8 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
+from benchmarks.common import write_json
+
 REPO = Path(__file__).resolve().parents[1]
 SERVED_NAME = "bench-model"
 ENGINE_FLAGS = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "4096",
@@ -399,7 +401,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             f"TTFT p50 x{ratios['ttft_p50_ratio']:.2f}, p99 x{ratios['ttft_p99_ratio']:.2f}"
         )
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.json, report)
     return report
 
 

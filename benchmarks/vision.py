@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import socket
 import statistics
@@ -35,13 +34,13 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks.common import device_name, sync, write_json
 from server.model.image_processing import ImageProcessorConfig, preprocess_image
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -87,20 +86,6 @@ def photo_like(width: int, height: int, seed: int) -> Image.Image:
         img += rng.uniform(-80, 80, 3) * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / r**2)[..., None]
     img += rng.normal(0, 6, img.shape).astype(np.float32)
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    info = Path("/proc/cpuinfo")
-    lines = info.read_text().splitlines() if info.exists() else []
-    model = next((ln.split(":", 1)[1].strip() for ln in lines if "model name" in ln), "cpu")
-    return f"{model} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @contextmanager
@@ -324,8 +309,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out.write(f"  {key:<18} {res[key]:7.2f} (goal {goal}): {'MET' if met else 'NOT MET'}\n")
     res["goals_met"] = {key: met for key, (met, _) in goals.items()}
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
+        write_json(args.json, res)
     return res
 
 

@@ -1,1 +1,1 @@
-"""Runnable benchmarks for the kernels package (python -m kernels.bench.<name>)."""
+"""Kept for the `python -m kernels.bench.fused_moe` command; the benchmarks live in benchmarks/."""

@@ -126,7 +126,7 @@ class ModelInfo:
 
 
 class Tokenizer(Protocol):
-    """The slice of the checkpoint tokenizer the front end uses."""
+    """The slice of the checkpoint tokenizer the front end uses (signatures as transformers')."""
 
     def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
 
@@ -134,13 +134,11 @@ class Tokenizer(Protocol):
         """Ordinary text only: special-token strings in `text` never become special ids."""
         ...
 
-    def convert_tokens_to_ids(self, tokens: str) -> int: ...
+    def convert_tokens_to_ids(self, tokens: str | list[str]) -> int | list[int]: ...
 
     def __len__(self) -> int:
         """Vocabulary size, special tokens included."""
         ...
-
-    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = ...) -> str: ...
 
 
 @runtime_checkable

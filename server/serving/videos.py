@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from server.aio import gather_or_cancel
+from server.engine.contract import Tokenizer
 from server.errors import APIError, InvalidImageURL, InvalidRequest, InvalidVideoURL, TooManyVideos
 from server.media import MediaLimits
 from server.media.video import DecodedVideo, VideoOptions, load_video
@@ -26,12 +27,6 @@ from server.settings import Settings
 
 # Decoding is CPU-bound (one worker thread per video): a few at a time per request.
 _CONCURRENT_LOADS = 2
-
-
-class VideoTokenizer(Protocol):
-    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
-
-    def encode_text(self, text: str) -> list[int]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,17 +97,17 @@ class PreparedVideo:
         return self.video.frames, {"timestamps": stamps}
 
 
-def image_block_overhead(tokenizer: VideoTokenizer) -> int:
+def image_block_overhead(tokenizer: Tokenizer) -> int:
     """Tokens of an image block besides its pads: start, `image`, content, end."""
     return len(tokenizer.encode_text(IMAGE_MARKER_TEXT)) + 3
 
 
-def video_block_tokens(tokenizer: VideoTokenizer) -> int:
+def video_block_tokens(tokenizer: Tokenizer) -> int:
     """Tokens of the rendered video block (start, `video`, content, pad, end); all replaced."""
     return len(tokenizer.encode_text(VIDEO_MARKER_TEXT)) + 4
 
 
-def expanded_tokens(video: DecodedVideo, *, timestamps: bool, tokenizer: VideoTokenizer) -> int:
+def expanded_tokens(video: DecodedVideo, *, timestamps: bool, tokenizer: Tokenizer) -> int:
     """Prompt tokens the processor puts in place of the video block (see the module doc)."""
     per_frame = image_block_overhead(tokenizer) + video.tokens_per_frame
     text = 0
@@ -131,7 +126,7 @@ async def prepare_videos(
     limits: MediaLimits,
     cfg: ImageProcessorConfig,
     max_seconds: float,
-    tokenizer: VideoTokenizer,
+    tokenizer: Tokenizer,
 ) -> list[PreparedVideo]:
     """Load and sample every video (off the event loop), in prompt order.
 

@@ -7,11 +7,12 @@ import base64
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 import jsonschema
 import openai
 import pytest
+from openai.types.chat import ChatCompletionContentPartImageParam, ChatCompletionMessageParam
 
 from server.model.image_processing import ImageProcessorConfig, num_image_tokens
 from server.model.tokenizer import TikTokenTokenizer
@@ -35,7 +36,9 @@ def data_url(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode()
 
 
-def image_part(url: str, detail: str = "auto") -> dict[str, Any]:
+def image_part(
+    url: str, detail: Literal["auto", "low", "high"] = "auto"
+) -> ChatCompletionContentPartImageParam:
     return {"type": "image_url", "image_url": {"url": url, "detail": detail}}
 
 
@@ -128,9 +131,13 @@ def test_json_schema_output_validates(client: openai.OpenAI, tokenizer: TikToken
         "required": ["name", "ok"],
         "additionalProperties": False,
     }
-    whitespace_ids = [
-        i for i in range(tokenizer.num_base_tokens) if not tokenizer.decode([i]).strip()
-    ]
+
+    def is_blank(token_id: int) -> bool:
+        text = tokenizer.decode([token_id])
+        assert isinstance(text, str)  # a flat id list decodes to one string
+        return not text.strip()
+
+    whitespace_ids = [i for i in range(tokenizer.num_base_tokens) if is_blank(i)]
     result = client.chat.completions.create(
         model=MODEL,
         messages=[{"role": "user", "content": "Give me a JSON object"}],
@@ -177,7 +184,7 @@ def test_multi_image_prompt_tokens(
     urls = [data_url(png(w, h)) for w, h in sizes]
 
     def prompt_tokens(images: list[str]) -> int:
-        messages: list[Any] = [
+        messages: list[ChatCompletionMessageParam] = [
             {
                 "role": "user",
                 "content": [*map(image_part, images[:1]), {"type": "text", "text": "a"}],
@@ -200,7 +207,7 @@ def test_multi_image_prompt_tokens(
 def test_detail_low_uses_fewer_tokens(client: openai.OpenAI) -> None:
     image = data_url(png(1200, 900))
 
-    def prompt_tokens(detail: str) -> int:
+    def prompt_tokens(detail: Literal["auto", "low", "high"]) -> int:
         result = client.chat.completions.create(
             model=MODEL,
             messages=[{"role": "user", "content": [image_part(image, detail)]}],

@@ -79,15 +79,22 @@ def make_problem(
         logits[:, 1] = 30.0
     elif routing != "random":
         raise ValueError(routing)
-    shared = shared_width is not None
     return Problem(
         hidden=randn(m, hidden),
         logits=logits.to(device),
         bias=bias.to(device),
         w13=randn(num_experts, 2 * width, hidden, scale=hidden**-0.5),
         w2=randn(num_experts, hidden, width, scale=width**-0.5),
-        shared_w13=randn(2 * shared_width, hidden, scale=hidden**-0.5) if shared else None,
-        shared_w2=randn(hidden, shared_width, scale=shared_width**-0.5) if shared else None,
+        shared_w13=(
+            randn(2 * shared_width, hidden, scale=hidden**-0.5)
+            if shared_width is not None
+            else None
+        ),
+        shared_w2=(
+            randn(hidden, shared_width, scale=shared_width**-0.5)
+            if shared_width is not None
+            else None
+        ),
         top_k=top_k,
     )
 

@@ -1,4 +1,4 @@
-"""Routing (KIMI_VL.md §3.3) and pair alignment: vectorised vs per-token loop, edge cases."""
+"""Routing (docs/model.md, MoE routing) and pair alignment: vectorised vs per-token loop, edge cases."""
 
 from __future__ import annotations
 

@@ -24,6 +24,9 @@ def encode_video(
     buf = io.BytesIO()
     with av.open(buf, mode="w", format=container) as out:
         stream = out.add_stream(codec, rate=fps)
+        # `codec` is a plain str, so PyAV's stubs can only say "some stream"; every codec
+        # this helper is called with is a video codec.
+        assert isinstance(stream, av.VideoStream), type(stream)
         stream.width, stream.height = w, h
         stream.pix_fmt = "rgb8" if codec == "gif" else "yuv420p"
         for i in range(int(seconds * fps)):

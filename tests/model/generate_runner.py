@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from typing import Any
 
 BUILTIN_ARCH = "KimiVLBuiltinReference"
 
@@ -92,6 +93,7 @@ def main() -> None:
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "|".join(str(i) for i in range(args.tp)))
 
     from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
 
     from server.model.checkpoint import check_model_dir
 
@@ -124,10 +126,10 @@ def main() -> None:
     params = SamplingParams(
         temperature=0.0, max_tokens=args.max_tokens, logprobs=5, ignore_eos=True
     )
-    prompts = []
+    prompts: list[TokensPrompt] = []
     for c in cases:
-        p: dict = {"prompt_token_ids": c["prompt_token_ids"]}
-        mm: dict = {}
+        p: TokensPrompt = {"prompt_token_ids": c["prompt_token_ids"]}
+        mm: dict[str, Any] = {}
         if c["images"]:
             mm["image"] = [make_image(*im) for im in c["images"]]
         if c.get("videos"):
@@ -139,10 +141,13 @@ def main() -> None:
         outs = [llm.generate([p], params, use_tqdm=False)[0] for p in prompts]
     else:
         outs = llm.generate(prompts, params, use_tqdm=False)
-    result = {"architecture": model_cls, "cases": {}}
+    result_cases: dict[str, dict[str, Any]] = {}
+    result = {"architecture": model_cls, "cases": result_cases}
     for c, o in zip(cases, outs, strict=True):
         comp = o.outputs[0]
-        result["cases"][c["name"]] = {
+        # Both are filled in for every finished request that asked for logprobs.
+        assert o.prompt_token_ids is not None and comp.logprobs is not None
+        result_cases[c["name"]] = {
             "num_prompt_tokens": len(o.prompt_token_ids),
             "token_ids": list(comp.token_ids),
             "logprobs": [{str(k): v.logprob for k, v in step.items()} for step in comp.logprobs],

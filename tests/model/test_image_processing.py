@@ -1,4 +1,5 @@
-"""Image preprocessing: token arithmetic (KIMI_VL.md §3.1 table), vLLM's own formula, pixel layout."""
+"""Image preprocessing: token arithmetic (docs/model.md, Image preprocessing table), vLLM's own
+formula, pixel layout."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from server.model.image_processing import (
     preprocess_images,
 )
 
-# (W, H) -> (grid at 4096, tokens at 4096, grid at 16384, tokens at 16384), from KIMI_VL.md §3.1.
+# (W, H) -> (grid at 4096, tokens at 4096, grid at 16384, tokens at 16384), from the table in
+# docs/model.md, Image preprocessing.
 TABLE = {
     (224, 224): ((16, 16), 64, (16, 16), 64),
     (448, 448): ((32, 32), 256, (32, 32), 256),
@@ -32,13 +34,15 @@ TABLE = {
 def vllm_formula(width: int, height: int, limit: int) -> int:
     """vLLM 0.32's KimiVLProcessingInfo.get_num_image_tokens, called on the real method."""
     from types import SimpleNamespace
+    from typing import cast
 
     from vllm.model_executor.models.kimi_vl import KimiVLProcessingInfo
 
     ip = SimpleNamespace(patch_size=14, merge_kernel_size=(2, 2), in_token_limit=limit)
     fake_self = SimpleNamespace(get_hf_processor=lambda: SimpleNamespace(image_processor=ip))
+    # A duck-typed stand-in for `self`: the method only calls self.get_hf_processor().
     return KimiVLProcessingInfo.get_num_image_tokens(
-        fake_self, image_width=width, image_height=height
+        cast(KimiVLProcessingInfo, fake_self), image_width=width, image_height=height
     )
 
 

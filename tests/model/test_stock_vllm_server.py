@@ -91,9 +91,9 @@ def test_stock_vllm_server_serves_an_image_request(tiny_ckpt: Path, tmp_path: Pa
 
         vocab = TikTokenTokenizer.from_pretrained(str(tiny_ckpt)).get_vocab()
         for stop in ("<|im_end|>", "[EOS]"):
-            out = ask([{"type": "text", "text": "hi"}], logit_bias={str(vocab[stop]): 100})
-            assert out["choices"][0]["finish_reason"] == "stop", (stop, out)
-            assert out["usage"]["completion_tokens"] == 1
+            reply = ask([{"type": "text", "text": "hi"}], logit_bias={str(vocab[stop]): 100})
+            assert reply["choices"][0]["finish_reason"] == "stop", (stop, reply)
+            assert reply["usage"]["completion_tokens"] == 1
         logs = log.read_text()
         assert (
             "kimi-vl-server plugin: KimiVLForConditionalGeneration -> server.model.kimi_vl" in logs

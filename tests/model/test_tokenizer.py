@@ -1,4 +1,7 @@
-"""Kimi-VL tokenizer (no remote code), chat template, tiny tokenizer files (KIMI_VL §4-§5, §8)."""
+"""Kimi-VL tokenizer (no remote code), chat template, tiny tokenizer files.
+
+See docs/model.md: Tokenizer, Chat template and Pitfalls.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import regex
@@ -37,7 +41,7 @@ TEXTS = [
     "",
 ]
 
-# KIMI_VL.md §5, the two rendered examples.
+# The two rendered examples (docs/model.md, Chat template).
 EXAMPLE_IMAGE = (
     "<|im_system|>system<|im_middle|>You are a helpful assistant<|im_end|>"
     "<|im_user|>user<|im_middle|><|media_start|>image<|media_content|><|media_pad|><|media_end|>"
@@ -126,7 +130,9 @@ def test_same_ids_for_small_and_real_vocab(
 def test_common_words_are_multibyte_tokens(small_tok: TikTokenTokenizer) -> None:
     for word in [" the", " image", " assistant", "图片", "think"]:
         assert len(small_tok.encode(word)) == 1, word
-    assert len(small_tok.encode("◁think▷")) > 1  # the markers are text, not single tokens (§6)
+    assert (
+        len(small_tok.encode("◁think▷")) > 1
+    )  # markers are text (docs/model.md, Thinking markers)
 
 
 def test_pretokenizer_matches_regex_with_set_intersection() -> None:
@@ -225,8 +231,10 @@ def test_stop_token_ids(real_tok: TikTokenTokenizer, small_tok: TikTokenTokenize
 
 
 # ---- chat template ----------------------------------------------------------------------------
-def _render(tok: TikTokenTokenizer, messages: list[dict], gen: bool = True) -> str:
-    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+def _render(tok: TikTokenTokenizer, messages: list[dict[str, Any]], gen: bool = True) -> str:
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+    assert isinstance(text, str)  # tokenize=False renders to text
+    return text
 
 
 def test_chat_template_examples(small_tok: TikTokenTokenizer) -> None:
@@ -239,7 +247,7 @@ def test_chat_template_examples(small_tok: TikTokenTokenizer) -> None:
 
 
 def test_chat_template_multi_turn_multi_image(small_tok: TikTokenTokenizer) -> None:
-    messages = [
+    messages: list[dict[str, Any]] = [
         {
             "role": "user",
             "content": [
@@ -342,8 +350,11 @@ def test_vllm_incremental_detokenization(
         detokenize_incrementally,
     )
     from vllm.tokenizers.hf import get_cached_tokenizer
+    from vllm.tokenizers.protocol import TokenizerLike
 
-    tok = get_cached_tokenizer(small_tok)
+    # transformers' __call__ signature differs from TokenizerLike's, so mypy rejects the HF
+    # tokenizer structurally; vLLM's slow-path detokenizer is given exactly this at runtime.
+    tok = cast("TokenizerLike", get_cached_tokenizer(small_tok))
     prompt = tok.encode(EXAMPLE_IMAGE)
     answer = "◁think▷ 图中有一只鹦鹉🦜，颜色鲜艳。◁/think▷ A parrot 鹦鹉 — très coloré!"
     generated = tok.encode(answer) + [tok.convert_tokens_to_ids("<|im_end|>")]

@@ -36,7 +36,8 @@ def _template_ids(tokenizer: TikTokenTokenizer, raw: list[dict[str, Any]]) -> li
     return tokenizer.encode(text, add_special_tokens=False)
 
 
-CONVERSATIONS = {
+# Raw OpenAI-style message lists, exactly as a client would send them.
+CONVERSATIONS: dict[str, list[dict[str, Any]]] = {
     "text, default system": [{"role": "user", "content": "What is in this image?"}],
     "explicit system": [
         {"role": "system", "content": "S"},

@@ -1,4 +1,4 @@
-"""Executable spec of Kimi-VL's MoE block (KIMI_VL.md §3.3) in plain torch.
+"""Executable spec of Kimi-VL's MoE block (docs/model.md#moe-routing) in plain torch.
 
 Every fast path in this package is tested against these functions. Two levels:
 

@@ -1,6 +1,6 @@
 """Routing (token -> top-k experts) and block alignment of token/expert pairs.
 
-`select_experts` is the public router: KIMI_VL.md §3.3 in fp32 (see reference.py for
+`select_experts` is the public router: docs/model.md#moe-routing in fp32 (see reference.py for
 the rule). `moe_align_block_size` sorts the (token, expert) pairs by expert and pads
 each expert's run to a multiple of the GEMM block, which is the layout the grouped GEMMs
 consume; it is written in torch ops without host synchronisation, so it is both the

@@ -3,7 +3,7 @@
 Pipeline: sniff the format (PNG/JPEG/WebP/GIF/BMP only) -> check width*height from the header
 against the pixel cap *before* decoding (decompression bombs) -> full decode (catches truncated
 files) -> apply EXIF orientation -> convert to RGB the way the HF Kimi-VL processor does
-(`convert("RGB")`: alpha is dropped, not composited — KIMI_VL.md §3.1 step 4, pitfall 10).
+(`convert("RGB")`: alpha is dropped, not composited — docs/model.md#image-preprocessing).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Bytes -> sampled video frames for Kimi-VL, with a frame count and a token budget.
 
-Kimi-VL takes a video as its frames, each an ordinary image block (KIMI_VL.md §7). Pipeline:
+Kimi-VL takes a video as its frames, each an ordinary image block (docs/model.md#video). Pipeline:
 probe the container with PyAV -> choose timestamps uniformly in time at `fps`, at most
 `max_frames` -> decode once, front to back, keeping the first frame at or after each
 timestamp -> shrink every frame (PIL bicubic) until frames x tokens-per-frame fits

@@ -1,4 +1,4 @@
-"""Kimi-VL image preprocessing (KIMI_VL.md §3.1): PIL image -> 14x14 patches + (gh, gw) grid.
+"""Kimi-VL image preprocessing (docs/model.md#image-preprocessing): PIL image -> 14x14 patches + (gh, gw) grid.
 
 Pipeline per image: downscale only above `in_token_limit` (sqrt scale, int truncation, PIL
 bicubic) -> RGB (alpha dropped, as the reference does) -> pad right/bottom with zeros to a

@@ -1,7 +1,7 @@
 """Our `KimiVLForConditionalGeneration`: MoonViT -> projector -> DeepSeek-V3 MoE decoder.
 
 Image features replace the `<|media_pad|>` embeddings in order. Weight loading maps every
-tensor name of the published checkpoints (KIMI_VL.md §2) and fails naming the tensor when
+tensor name of the published checkpoints (docs/model.md#checkpoint-tensors) and fails naming the tensor when
 one is unexpected or missing.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,7 @@ from vllm.model_executor.models.utils import is_pp_missing_parameter
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import NestedTensors
 from vllm.sequence import IntermediateTensors
+from vllm.utils.tensor_schema import TensorSchema, TensorShape
 
 from server.model.checkpoint import validate_checkpoint_dir
 from server.model.decoder import LanguageModel
@@ -59,6 +61,43 @@ class Projector(nn.Module):
         return self.linear_2(F.gelu(self.linear_1(x)))
 
 
+class KimiVLImagePixelInputs(TensorSchema):
+    """Images of one encoder step, their patches concatenated in item order.
+
+    Dimensions: np = patches of all images, ps = patch size (14), ni = images.
+    """
+
+    type: Literal["pixel_values"] = "pixel_values"
+    pixel_values: Annotated[torch.Tensor, TensorShape("np", 3, "ps", "ps")]
+    image_grid_hws: Annotated[torch.Tensor, TensorShape("ni", 2)]
+
+
+class KimiVLVideoPixelInputs(TensorSchema):
+    """Videos of one encoder step as their frames, patches concatenated in frame order.
+
+    Dimensions: np = patches of all frames, ps = patch size, nf = frames, nv = videos.
+    """
+
+    type: Literal["pixel_values_videos"] = "pixel_values_videos"
+    pixel_values_videos: Annotated[torch.Tensor, TensorShape("np", 3, "ps", "ps")]
+    video_grid_hws: Annotated[torch.Tensor, TensorShape("nf", 2)]
+    video_num_frames: Annotated[torch.Tensor, TensorShape("nv")]
+
+
+def _concat(value: object, *trailing: int) -> torch.Tensor:
+    """vLLM hands a field over as one tensor, or as a list of per-item tensors when their shapes
+    differ: one tensor either way, items concatenated along the first dimension."""
+    if isinstance(value, (list, tuple)):
+        return torch.cat([torch.as_tensor(v).reshape(-1, *trailing) for v in value])
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"expected a tensor or a list of tensors, got {type(value).__name__}")
+    return value.reshape(-1, *trailing)
+
+
+def _grids(grid_hws: torch.Tensor) -> list[tuple[int, int]]:
+    return [(int(h), int(w)) for h, w in grid_hws.tolist()]
+
+
 @MULTIMODAL_REGISTRY.register_processor(
     KimiVLMultiModalProcessor, info=KimiVLProcessingInfo, dummy_inputs=KimiVLDummyInputsBuilder
 )
@@ -78,6 +117,7 @@ class KimiVLForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
         self.model_path = vllm_config.model_config.model
         vc, tc = config.vision_config, config.text_config
         kh, kw = vc.merge_kernel_size
+        self.patch_size = int(vc.patch_size)
         with self._mark_tower_model(vllm_config, "image"):
             self.vision_tower = MoonViT(vc, prefix=f"{prefix}vision_tower")
             self.multi_modal_projector = Projector(vc.hidden_size, kh * kw, tc.hidden_size)
@@ -89,44 +129,49 @@ class KimiVLForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
 
     # -- multimodal --------------------------------------------------------------------------
 
-    def encode_images(self, pixel_values: object, grid_hws: object) -> torch.Tensor:
+    def encode_images(self, pixel_values: torch.Tensor, grid_hws: torch.Tensor) -> torch.Tensor:
         """All images (or frames) of a step in one packed encoder pass -> [sum tokens, hidden]."""
-        if isinstance(pixel_values, (list, tuple)):
-            pixel_values = torch.cat(list(pixel_values))
-        assert isinstance(pixel_values, torch.Tensor) and grid_hws is not None
-        grids = self._grids(grid_hws)
+        grids = _grids(grid_hws)
         pixel_values = pixel_values.to(self.vision_tower.patch_embed.proj.weight.dtype)
         return self.multi_modal_projector(self.vision_tower(pixel_values, grids))
 
-    def _grids(self, grid_hws: object) -> list[tuple[int, int]]:
-        if isinstance(grid_hws, (list, tuple)):
-            grid_hws = torch.cat([torch.as_tensor(g).view(-1, 2) for g in grid_hws])
-        return [(int(h), int(w)) for h, w in torch.as_tensor(grid_hws).view(-1, 2).tolist()]
-
-    def _tokens(self, grids: list[tuple[int, int]]) -> list[int]:
+    def _tokens(self, grid_hws: torch.Tensor) -> list[int]:
         kh, kw = self.config.vision_config.merge_kernel_size
-        return [h * w // (kh * kw) for h, w in grids]
+        return [h * w // (kh * kw) for h, w in _grids(grid_hws)]
+
+    def _parse_image_input(self, **kwargs: object) -> KimiVLImagePixelInputs | None:
+        if kwargs.get("pixel_values") is None:
+            return None
+        return KimiVLImagePixelInputs(
+            pixel_values=_concat(kwargs["pixel_values"], 3, self.patch_size, self.patch_size),
+            image_grid_hws=_concat(kwargs.get("image_grid_hws"), 2),
+            resolve_bindings={"ps": self.patch_size},
+        )
+
+    def _parse_video_input(self, **kwargs: object) -> KimiVLVideoPixelInputs | None:
+        if kwargs.get("pixel_values_videos") is None:
+            return None
+        return KimiVLVideoPixelInputs(
+            pixel_values_videos=_concat(
+                kwargs["pixel_values_videos"], 3, self.patch_size, self.patch_size
+            ),
+            video_grid_hws=_concat(kwargs.get("video_grid_hws"), 2),
+            video_num_frames=_concat(kwargs.get("video_num_frames")),
+            resolve_bindings={"ps": self.patch_size},
+        )
 
     def embed_multimodal(self, **kwargs: object) -> NestedTensors | None:  # type: ignore[override]
         """Per item (image, or whole video) embeddings, in the order vLLM passed the items."""
-        if kwargs.get("pixel_values") is not None:
-            grids = self._grids(kwargs["image_grid_hws"])
-            return self.encode_images(kwargs["pixel_values"], grids).split(self._tokens(grids))
-        if kwargs.get("pixel_values_videos") is not None:
-            grids = self._grids(kwargs["video_grid_hws"])
-            frames = (
-                torch.as_tensor(
-                    torch.cat([torch.as_tensor(n).view(-1) for n in kwargs["video_num_frames"]])  # type: ignore[attr-defined]
-                    if isinstance(kwargs["video_num_frames"], (list, tuple))
-                    else kwargs["video_num_frames"]
-                )
-                .view(-1)
-                .tolist()
-            )
-            features = self.encode_images(kwargs["pixel_values_videos"], grids)
-            per_frame = self._tokens(grids)
+        images = self._parse_image_input(**kwargs)
+        if images is not None:
+            features = self.encode_images(images.pixel_values, images.image_grid_hws)
+            return features.split(self._tokens(images.image_grid_hws))
+        videos = self._parse_video_input(**kwargs)
+        if videos is not None:
+            features = self.encode_images(videos.pixel_values_videos, videos.video_grid_hws)
+            per_frame = self._tokens(videos.video_grid_hws)
             per_video, i = [], 0
-            for n in frames:
+            for n in videos.video_num_frames.tolist():
                 per_video.append(sum(per_frame[i : i + n]))
                 i += n
             return features.split(per_video)

@@ -2,7 +2,7 @@
 
 vLLM tokenises the prompt itself; this processor turns media into patches and expands the
 placeholders. An image block `<|media_start|>image<|media_content|><|media_pad|><|media_end|>`
-gets gh*gw/4 pads. Kimi-VL has no video tokens (KIMI_VL.md §7): a video block
+gets gh*gw/4 pads. Kimi-VL has no video tokens (docs/model.md#video): a video block
 `<|media_start|>video<|media_content|><|media_pad|><|media_end|>` becomes, per frame, an
 optional timestamp text (`MM:SS`) followed by an ordinary image block. Frames share the image
 path: same preprocessing, same encoder.

@@ -163,7 +163,7 @@ class TikTokenTokenizer(PreTrainedTokenizer):
             # Every turn ends with <|im_end|>, but the checkpoints declare only [EOS]; vLLM
             # stops on the tokenizer's EOS plus generation_config's eos ids ([EOS]), so
             # reporting <|im_end|> here makes stock vLLM stop on both (llama.cpp patched
-            # Kimi-VL's EOS the same way; KIMI_VL.md §8.1).
+            # Kimi-VL's EOS the same way; docs/model.md#tokenizer).
             eos_token = TURN_END
         kwargs.setdefault("special_tokens_pattern", "none")  # no BOS/EOS added on encode
         kwargs.setdefault("clean_up_tokenization_spaces", False)

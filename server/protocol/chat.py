@@ -106,7 +106,7 @@ class ChatMessage(BaseModel):
     )
     name: str | None = None
     # Earlier assistant turns of a Thinking model may carry their reasoning back; it is never
-    # rendered into the prompt (KIMI_VL.md §5: strip reasoning from history).
+    # rendered into the prompt (docs/model.md#chat-template: strip reasoning from history).
     reasoning_content: str | None = None
     reasoning: str | None = None
     # Fields the SDK echoes when a response message is appended to the history as-is.

@@ -1,6 +1,6 @@
 """The images of one chat request: fetch + decode (server/media), size to a token budget, count.
 
-Token arithmetic is the model processor's own (server/model/image_processing, KIMI_VL.md §3.1):
+Token arithmetic is the model processor's own (server/model/image_processing, docs/model.md#image-preprocessing):
 an image of w x h costs gh*gw/4 tokens after the in_token_limit downscale and padding. `detail`
 picks the budget: `low` downsizes here (PIL bicubic, as the processor would) until the image
 costs at most LOW_DETAIL_MAX_TOKENS; `high`/`auto` keep the model's in_token_limit. A smaller

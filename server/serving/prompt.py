@@ -1,4 +1,4 @@
-"""Chat messages -> Kimi-VL prompt token ids, following the chat template (KIMI_VL.md §5).
+"""Chat messages -> Kimi-VL prompt token ids, following the chat template (docs/model.md#chat-template).
 
 Built structurally rather than by rendering a string and tokenizing it: role and media tokens
 are appended by id, and message text goes through `encode_text`, which never turns

@@ -1,6 +1,6 @@
 """Split Kimi-VL Thinking output `◁think▷ reasoning ◁/think▷ answer` into reasoning and content.
 
-The markers are several BPE tokens each (KIMI_VL.md §6), so this works on decoded text. Rules,
+The markers are several BPE tokens each (docs/model.md#thinking-markers), so this works on decoded text. Rules,
 identical for the whole-text and the streaming API (streamed deltas concatenate to exactly the
 whole-text result, whatever the chunking):
 

@@ -18,9 +18,7 @@ def _request(**fields: object) -> ChatCompletionRequest:
 
 
 def _model(**defaults: object) -> ModelInfo:
-    return ModelInfo(
-        root="r", max_model_len=100, reasoning=False, generation_defaults=defaults
-    )
+    return ModelInfo(root="r", max_model_len=100, reasoning=False, generation_defaults=defaults)
 
 
 def test_defaults_priority() -> None:

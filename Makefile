@@ -21,10 +21,11 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(PY) -m kernels.bench.fused_moe
+	$(PY) -m benchmarks.fused_moe
 	$(PY) benchmarks/vision.py
 	$(PY) benchmarks/serve.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check server kernels tests benchmarks
-	$(PY) -m mypy server kernels
+	$(PY) -m ruff format --check server kernels tests benchmarks
+	$(PY) -m mypy server kernels tests benchmarks

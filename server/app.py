@@ -21,12 +21,22 @@ from server.api.auth import APIKeyMiddleware
 from server.api.errors import install_error_handlers
 from server.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from server.engine.contract import Engine
+from server.protocol.policy import IGNORED_HEADER
 from server.serving.chat import ChatCompletions
 from server.serving.completions import TextCompletions
 from server.serving.context import ServingContext
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+# Response headers a browser app may read (CORS): ours, beside the standard ones.
+EXPOSED_HEADERS = [
+    "X-Request-Id",
+    IGNORED_HEADER,
+    "X-Video-Frames",
+    "X-Video-Tokens",
+    "Retry-After",
+]
 
 
 async def _start_engine(engine: Engine, on_failure: Callable[[], None] | None) -> None:
@@ -79,9 +89,9 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
-            expose_headers=["X-Request-Id"],
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=settings.cors_allow_headers,
+            expose_headers=EXPOSED_HEADERS,
         )
     app.add_middleware(RequestContextMiddleware)  # outermost
     return app

@@ -56,7 +56,8 @@ def _help(name: str, field: FieldInfo) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """One flag per Settings field (boolean fields get `--x/--no-x`, list fields repeat)."""
+    """One flag per Settings field (boolean fields get `--x/--no-x`, list fields take several
+    values: `--served-model-name a b`, `--api-key a --api-key b`, `--api-key a,b`)."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         usage="%(prog)s [options]   (see --help for every flag)",
@@ -77,9 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(
                 *flags,
                 dest=name,
-                action="append",
+                action="extend",
+                nargs="+",
                 metavar=metavar.removesuffix("S"),
-                help=_help(name, field) + " (repeat the flag or separate with commas)",
+                help=_help(name, field) + " (several values, the flag repeated, or commas)",
             )
         else:
             parser.add_argument(*flags, dest=name, metavar=metavar, help=_help(name, field))

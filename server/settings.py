@@ -156,8 +156,9 @@ class Settings(BaseSettings):
     preset: str | None = Field(
         default=None, description="preset name in configs/ or a YAML file path"
     )
-    served_model_name: str | None = Field(
-        default=None, description="model name clients send and see"
+    served_model_name: CommaList = Field(
+        default_factory=list,
+        description="model names clients may send; /v1/models lists all, responses carry the first",
     )
     tiny_checkpoint_dir: Path = Field(
         default_factory=_default_tiny_dir, description="cache folder of the tiny checkpoint"
@@ -173,6 +174,13 @@ class Settings(BaseSettings):
         default=True, description="serve /health and /metrics without an API key"
     )
     cors_origins: CommaList = Field(default_factory=list, description="allowed CORS origins")
+    cors_allow_headers: CommaList = Field(
+        default_factory=lambda: ["*"],
+        description="request headers a CORS preflight may ask for (with --cors-origins)",
+    )
+    responses_store_size: int = Field(
+        default=1000, ge=0, description="responses kept for /v1/responses retrieval (LRU)"
+    )
     max_request_body_bytes: int = Field(default=64 * 2**20, ge=1024, description="request body cap")
     graceful_shutdown_seconds: float = Field(
         default=30.0, ge=0, description="on SIGTERM, how long in-flight requests may finish"
@@ -207,6 +215,18 @@ class Settings(BaseSettings):
         default="auto", description="weight/activation dtype"
     )
     enforce_eager: bool = Field(default=False, description="disable CUDA graphs / compilation")
+    enable_prefix_caching: bool | None = Field(
+        default=None,
+        description="reuse the KV cache of shared prompt prefixes; unset = vLLM's default",
+    )
+    scheduling_policy: Literal["fcfs", "priority"] = Field(
+        default="fcfs", description="engine queue order; priority honours the request field"
+    )
+    json_whitespace: bool = Field(
+        default=False,
+        description="let constrained JSON outputs (response_format, structured_outputs.json, "
+        "tool arguments) contain free whitespace; off = compact JSON as OpenAI returns",
+    )
     gpu_memory_utilization: float = Field(
         default=0.9, gt=0.0, le=1.0, description="fraction of accelerator memory vLLM may use"
     )
@@ -299,7 +319,14 @@ class Settings(BaseSettings):
         # Highest priority first. No dotenv / secrets files: one place for configuration.
         return (init_settings, env_settings, _PresetSource(settings_cls))
 
-    @field_validator("api_keys", "cors_origins", "allowed_media_hosts", mode="before")
+    @field_validator(
+        "api_keys",
+        "cors_origins",
+        "cors_allow_headers",
+        "allowed_media_hosts",
+        "served_model_name",
+        mode="before",
+    )
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split_list(value)
@@ -314,7 +341,7 @@ class Settings(BaseSettings):
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
 
-    @field_validator("model", "served_model_name", "preset", mode="before")
+    @field_validator("model", "preset", mode="before")
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
@@ -349,8 +376,13 @@ class Settings(BaseSettings):
 
     @property
     def model_name(self) -> str:
-        """The name clients use in `model` and see in `/v1/models`."""
-        return self.served_model_name or self.model or TINY_MODEL_NAME
+        """The name responses carry (the first served name)."""
+        return self.model_names[0]
+
+    @property
+    def model_names(self) -> list[str]:
+        """Every name clients may send in `model`; `/v1/models` lists them all."""
+        return self.served_model_name or [self.model or TINY_MODEL_NAME]
 
 
 def flag_spellings(field_name: str) -> tuple[str, ...]:

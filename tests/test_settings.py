@@ -209,7 +209,7 @@ def test_local_media_path_must_exist(tmp_path: Path) -> None:
 FLAG_CASES: dict[str, tuple[list[str], object]] = {
     "model": (["--model", "/ckpt"], "/ckpt"),
     "preset": (["--preset", "tiny"], "tiny"),
-    "served_model_name": (["--served-model-name", "kimi"], "kimi"),
+    "served_model_name": (["--served-model-name", "kimi", "kimi-alias"], ["kimi", "kimi-alias"]),
     "tiny_checkpoint_dir": (["--tiny-checkpoint-dir", "/tmp/t"], Path("/tmp/t")),
     "host": (["--host", "0.0.0.0"], "0.0.0.0"),
     "port": (["--port", "9001"], 9001),
@@ -251,6 +251,14 @@ FLAG_CASES: dict[str, tuple[list[str], object]] = {
     "default_max_tokens": (["--default-max-tokens", "100"], 100),
     "in_token_limit": (["--in-token-limit", "16384"], 16384),
     "cpu_frontend_off_worker_cores": (["--no-cpu-frontend-off-worker-cores"], False),
+    "cors_allow_headers": (
+        ["--cors-allow-headers", "Authorization", "X-Custom"],
+        ["Authorization", "X-Custom"],
+    ),
+    "responses_store_size": (["--responses-store-size", "5"], 5),
+    "enable_prefix_caching": (["--no-enable-prefix-caching"], False),
+    "scheduling_policy": (["--scheduling-policy", "priority"], "priority"),
+    "json_whitespace": (["--json-whitespace"], True),
 }
 
 

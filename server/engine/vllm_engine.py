@@ -57,7 +57,7 @@ def engine_args(settings: Settings, model: str) -> Any:
 
     kwargs: dict[str, Any] = {
         "model": model,
-        "served_model_name": [settings.model_name],
+        "served_model_name": settings.model_names,
         "dtype": settings.dtype,
         "enforce_eager": settings.enforce_eager,
         "tensor_parallel_size": settings.tensor_parallel_size,
@@ -78,6 +78,9 @@ def engine_args(settings: Settings, model: str) -> Any:
         kwargs["max_model_len"] = settings.max_model_len
     if settings.max_num_seqs is not None:
         kwargs["max_num_seqs"] = settings.max_num_seqs
+    if settings.enable_prefix_caching is not None:
+        kwargs["enable_prefix_caching"] = settings.enable_prefix_caching
+    kwargs["scheduling_policy"] = settings.scheduling_policy
     return AsyncEngineArgs(**kwargs)
 
 

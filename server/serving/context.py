@@ -30,7 +30,13 @@ class ServingContext:
 
     @property
     def model_name(self) -> str:
+        """The name responses carry."""
         return self.settings.model_name
+
+    @property
+    def model_names(self) -> list[str]:
+        """Every name a request may use."""
+        return self.settings.model_names
 
     @property
     def model_info(self) -> ModelInfo:
@@ -42,7 +48,7 @@ class ServingContext:
 
     def check_model(self, requested: str | None) -> None:
         """Clients may omit `model`; a different name is a 404 as with OpenAI."""
-        if requested is not None and requested not in (self.model_name, self.model_info.root):
+        if requested is not None and requested not in (*self.model_names, self.model_info.root):
             raise ModelNotFound(requested)
 
     def check_engine(self) -> None:

@@ -22,7 +22,14 @@ from torch import nn
 from vllm.model_executor.layers.attention import MMEncoderAttention
 from vllm.model_executor.layers.linear import ReplicatedLinear
 
-Grid = tuple[int, int]
+from server.model.moonvit_math import (
+    Grid,
+    apply_rope,
+    merge_index,
+    resize_position_table,
+    rope_cos_sin,
+)
+
 _CACHE_SIZE = 128
 # Patches per encoder pass on CPU (benchmarks/vision.py, 8 images 224²-1024², 2 cores: one pass
 # over all 15140 patches 4.26 s, passes of <= 2048 / 4096 / 8192 patches 4.05 / 3.91 / 4.16 s).
@@ -70,32 +77,7 @@ class PatchEmbed(nn.Module):
         return F.linear(patches.reshape(patches.shape[0], -1).to(w.dtype), w, self.proj.bias)
 
     def position_table(self, grid: Grid) -> torch.Tensor:
-        table = self.pos_emb.weight
-        if tuple(grid) == tuple(table.shape[:2]):
-            return table.flatten(0, 1)
-        img = table.permute(2, 0, 1).unsqueeze(0)
-        return (
-            F.interpolate(img, size=grid, mode="bicubic").squeeze(0).permute(1, 2, 0).flatten(0, 1)
-        )
-
-
-def rope_cos_sin(grid: Grid, head_dim: int, theta: float, device: torch.device) -> torch.Tensor:
-    """[gh*gw, head_dim/2, 2] (cos, sin); complex slot 2i rotates by column*f_i, 2i+1 by row*f_i."""
-    gh, gw = grid
-    freqs = 1.0 / theta ** (
-        torch.arange(0, head_dim, 4, device=device)[: head_dim // 4].float() / head_dim
-    )
-    rows = torch.arange(gh, device=device, dtype=torch.float32).repeat_interleave(gw)
-    cols = torch.arange(gw, device=device, dtype=torch.float32).repeat(gh)
-    angles = torch.stack([torch.outer(cols, freqs), torch.outer(rows, freqs)], dim=-1).flatten(1)
-    return torch.stack([angles.cos(), angles.sin()], dim=-1)
-
-
-def apply_rope(x: torch.Tensor, cos_sin: torch.Tensor) -> torch.Tensor:
-    """x [L, heads, head_dim] read as head_dim/2 complex pairs (even=real, odd=imag)."""
-    cis = torch.view_as_complex(cos_sin)  # [L, head_dim/2] = cos + i*sin
-    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
-    return torch.view_as_real(xc * cis[:, None]).flatten(-2).to(x.dtype)
+        return resize_position_table(self.pos_emb.weight, grid)
 
 
 def _linear(inp: int, out: int, prefix: str) -> ReplicatedLinear:
@@ -192,19 +174,7 @@ class MoonViT(nn.Module):
 
     def merge_index(self, grids: Sequence[Grid]) -> torch.Tensor:
         """Row indices that turn packed [sum gh*gw, C] into [sum gh*gw/4, 4, C] (TL, TR, BL, BR)."""
-        kh, kw = self.merge
-        dev = self.patch_embed.pos_emb.weight.device
-        parts, base = [], 0
-        for gh, gw in grids:
-            r = torch.arange(gh // kh, device=dev).view(-1, 1, 1, 1) * kh + torch.arange(
-                kh, device=dev
-            ).view(1, 1, -1, 1)
-            c = torch.arange(gw // kw, device=dev).view(1, -1, 1, 1) * kw + torch.arange(
-                kw, device=dev
-            ).view(1, 1, 1, -1)
-            parts.append((base + r * gw + c).reshape(-1))
-            base += gh * gw
-        return torch.cat(parts)
+        return merge_index(list(grids), self.merge, self.patch_embed.pos_emb.weight.device)
 
     def forward(self, pixel_values: torch.Tensor, grids: Sequence[Grid]) -> torch.Tensor:
         """Packed patches of several images -> merged features [sum gh*gw/4, 4, C].

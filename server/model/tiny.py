@@ -117,7 +117,7 @@ PREPROCESSOR_CONFIG = {
 
 
 def tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
-    """Every tensor of a Kimi-VL checkpoint with its shape (KIMI_VL.md §2)."""
+    """Every tensor of a Kimi-VL checkpoint with its shape (docs/model.md#checkpoint-tensors)."""
     t, v = cfg["text_config"], cfg["vision_config"]
     h, vh, ps = t["hidden_size"], v["hidden_size"], v["patch_size"]
     merged = vh * v["merge_kernel_size"][0] * v["merge_kernel_size"][1]
@@ -204,12 +204,25 @@ def write_checkpoint(out: Path, *, seed: int = 0, real_vocab: bool = False) -> P
     cfg = model_config(tok)
     gen = torch.Generator().manual_seed(seed)
     tensors = {n: init_tensor(n, shp, gen) for n, shp in tensor_shapes(cfg).items()}
+    return write_model_files(out, cfg, tensors, tok, PREPROCESSOR_CONFIG)
 
+
+def write_model_files(
+    out: Path,
+    cfg: dict,
+    tensors: dict[str, torch.Tensor],
+    tok: dict,
+    preprocessor: dict,
+    num_shards: int = NUM_SHARDS,
+) -> Path:
+    """Shards + index, config.json, preprocessor_config.json and generation_config.json (the
+    tokenizer files come from `write_tokenizer_files`, whose return value is `tok`)."""
+    out.mkdir(parents=True, exist_ok=True)
     names = sorted(tensors)
-    files = [f"model-{i + 1:05d}-of-{NUM_SHARDS:05d}.safetensors" for i in range(NUM_SHARDS)]
+    files = [f"model-{i + 1:05d}-of-{num_shards:05d}.safetensors" for i in range(num_shards)]
     weight_map, total = {}, 0
     for i, fname in enumerate(files):
-        shard = {n: tensors[n].contiguous() for n in names[i::NUM_SHARDS]}
+        shard = {n: tensors[n].contiguous() for n in names[i::num_shards]}
         save_file(shard, str(out / fname), metadata={"format": "pt"})
         for n, t in shard.items():
             weight_map[n] = fname
@@ -219,7 +232,7 @@ def write_checkpoint(out: Path, *, seed: int = 0, real_vocab: bool = False) -> P
         {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
     )
     _write_json(out / "config.json", cfg)
-    _write_json(out / "preprocessor_config.json", PREPROCESSOR_CONFIG)
+    _write_json(out / "preprocessor_config.json", preprocessor)
     _write_json(
         out / "generation_config.json",
         {

@@ -1,0 +1,193 @@
+"""Train the demo Kimi-VL from scratch on the synthetic tasks and export a servable checkpoint.
+
+`python -m server.model.demo.train --out DIR [--steps N] [--seed S] [--threads T]`
+
+Deterministic for a seed (and thread count): weights start from torch.manual_seed(seed), and
+training draw i of the run is a pure function of (seed, i). Each step draws `--batch-size`
+samples (tasks mixed by weight), sorts them by length and runs them in micro-batches of at
+most `--tokens-per-micro-batch` padded tokens; the loss is cross-entropy on the answer tokens
+(and `<|im_end|>`) only. AdamW with warm-up and cosine decay; after every step the MoE routers'
+correction biases move towards balanced expert load. The checkpoint is written to DIR with a
+manifest.json holding sha256 of every file, the command, seed, steps, wall time and the
+held-out accuracy per task of the exported (bf16) weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from server.model.demo import checkpoint
+from server.model.demo.data import collate, draw, encode_draws
+from server.model.demo.evaluate import accuracy, heldout_samples
+from server.model.demo.model import KimiVL
+from server.model.demo.prompt import Encoded, PromptBuilder
+from server.model.image_processing import ImageProcessorConfig
+from server.model.tokenizer import TikTokenTokenizer
+
+BALANCE_RATE = 1e-3
+EVAL_OFFSET = 1  # progress evaluation uses other held-out seeds than the final one
+
+
+def load_builder(tok_dir: Path) -> PromptBuilder:
+    tokenizer = TikTokenTokenizer.from_pretrained(str(tok_dir))
+    return PromptBuilder(
+        tokenizer, ImageProcessorConfig.from_dict(checkpoint.preprocessor_config())
+    )
+
+
+def micro_batches(items: list[Encoded], budget: int) -> list[list[Encoded]]:
+    """Length-sorted chunks whose padded size (count x longest) stays within `budget`."""
+    items = sorted(items, key=lambda e: len(e.prompt_ids) + len(e.target_ids))
+    chunks: list[list[Encoded]] = [[]]
+    for e in items:
+        length = len(e.prompt_ids) + len(e.target_ids)
+        if chunks[-1] and (len(chunks[-1]) + 1) * length > budget:
+            chunks.append([])
+        chunks[-1].append(e)
+    return chunks
+
+
+def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_step(
+    model: KimiVL, builder: PromptBuilder, items: list[Encoded], budget: int
+) -> tuple[float, int]:
+    """Accumulate gradients over micro-batches; returns (mean loss per target token, tokens)."""
+    total = sum(len(e.target_ids) for e in items)
+    loss_sum = 0.0
+    for chunk in micro_batches(items, budget):
+        tb = collate(chunk, pad_id=0)
+        logits = model.logits_at(tb.batch, tb.rows, tb.cols)
+        loss = F.cross_entropy(logits, tb.targets, reduction="sum")
+        (loss / total).backward()
+        loss_sum += float(loss.detach())
+    return loss_sum / total, total
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(out: Path, info: dict) -> None:
+    files = {p.name: sha256(p) for p in sorted(out.iterdir()) if p.name != "manifest.json"}
+    manifest = {**info, "files": files}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def train(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = checkpoint.write_tokenizer(Path(tmp))
+        builder = load_builder(Path(tmp))
+    model = KimiVL(checkpoint.demo_config(tok))
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_emb" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "pos_emb" not in n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.98),
+    )
+    eval_samples = heldout_samples(args.eval_n, offset=EVAL_OFFSET) if args.eval_every else []
+    bar = tqdm(range(args.steps), desc="train", file=sys.stdout, dynamic_ncols=True)
+    ema = None
+    for step in bar:
+        lr = learning_rate(step, args.steps, args.lr, args.warmup)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        draws = [draw(args.seed, step * args.batch_size + i) for i in range(args.batch_size)]
+        loss, _ = train_step(
+            model, builder, encode_draws(builder, draws), args.tokens_per_micro_batch
+        )
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        for moe in model.moe_layers():
+            moe.balance(BALANCE_RATE)
+        ema = loss if ema is None else 0.95 * ema + 0.05 * loss
+        bar.set_postfix(loss=f"{ema:.3f}", lr=f"{lr:.1e}")
+        if args.eval_every and ((step + 1) % args.eval_every == 0 or step + 1 == args.steps):
+            acc = accuracy(model, builder, eval_samples)
+            line = " ".join(f"{t}={v['accuracy']:.2f}" for t, v in acc.items())
+            bar.write(f"step {step + 1} loss {ema:.4f} held-out: {line}")
+    train_s = time.perf_counter() - started
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint.export(model, out, tok)
+    exported = checkpoint.load(out)
+    final = heldout_samples(args.final_n)
+    tasks = accuracy(exported, builder, final)
+    thinking = accuracy(exported, builder, heldout_samples(args.final_n // 5), thinking=True)
+    overall = sum(v["accuracy"] * v["n"] for v in tasks.values()) / sum(
+        v["n"] for v in tasks.values()
+    )
+    info = {
+        "model": checkpoint.SERVED_MODEL_NAME,
+        "command": "python -m server.model.demo.train " + shlex.join(args.argv),
+        "seed": args.seed,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "train_wall_s": round(train_s, 1),
+        "total_wall_s": round(time.perf_counter() - started, 1),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "heldout": {"tasks": tasks, "overall": overall},
+        "heldout_thinking": {"tasks": thinking},
+    }
+    write_manifest(out, info)
+    for t, v in tasks.items():
+        print(f"held-out {t}: {v['accuracy']:.3f} (n={v['n']})")  # noqa: T201
+    print(f"overall {overall:.3f}; wrote {out}")  # noqa: T201
+    return info
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="python -m server.model.demo.train", description=__doc__.splitlines()[0]
+    )
+    ap.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
+    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--tokens-per-micro-batch", type=int, default=3072)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--warmup", type=int, default=60)
+    ap.add_argument("--eval-every", type=int, default=100, help="0 = no progress evaluation")
+    ap.add_argument("--eval-n", type=int, default=10, help="progress evaluation: samples per task")
+    ap.add_argument("--final-n", type=int, default=100, help="final evaluation: samples per task")
+    args = ap.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    train(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -90,3 +90,11 @@ def accuracy(
                 correct.setdefault(task, []).append(builder.answer_from(g.token_ids) == s.answer)
     model.train(was_training)
     return {t: {"accuracy": sum(v) / len(v), "n": len(v)} for t, v in correct.items()}
+
+
+@torch.no_grad()
+def mean_loss(model: KimiVL, encoded: list[Encoded]) -> float:
+    """Mean cross-entropy per target token (answer and `<|im_end|>`)."""
+    tb = collate(encoded, pad_id=0)
+    logits = model.logits_at(tb.batch, tb.rows, tb.cols)
+    return float(torch.nn.functional.cross_entropy(logits, tb.targets))

@@ -1,0 +1,167 @@
+"""Accuracy of the served demo checkpoint on fresh held-out questions, through the real server.
+
+    python benchmarks/demo_accuracy.py [--json PATH] [--n 100] [--model DIR] [--offset K]
+
+Starts `python -m server --model DIR --served-model-name kimi-vl-demo`, waits for /ready, and
+asks every task's questions through the `openai` SDK (temperature 0): images as PNG data URLs,
+videos as `video_url` data URLs of one-frame-per-second MP4s (the server's default sampling keeps
+every frame), media first, then the question. Seeds are held-out (odd) seeds at `--offset`,
+never used in training. JSON: `tasks` (task -> {`accuracy`, `n`}), `overall`, `server_s`
+(seconds from launch until the server was ready), plus `eval_s` and the run's settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from server.model.demo import CHECKPOINT_DIR  # noqa: E402
+from server.model.demo.checkpoint import SERVED_MODEL_NAME  # noqa: E402
+from server.model.demo.tasks import TASKS, Sample, heldout_seed, make_sample  # noqa: E402
+from server.model.demo.video import encode_mp4  # noqa: E402
+
+STARTUP_TIMEOUT_S = 600
+DEFAULT_OFFSET = 1000  # away from the seeds the training run's own evaluations use
+
+
+def png_url(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def mp4_url(frames: list[Image.Image]) -> str:
+    return "data:video/mp4;base64," + base64.b64encode(encode_mp4(frames)).decode("ascii")
+
+
+def messages(sample: Sample) -> list[dict]:
+    parts: list[dict] = (
+        [{"type": "video_url", "video_url": {"url": mp4_url(sample.frames)}}]
+        if sample.frames
+        else [{"type": "image_url", "image_url": {"url": png_url(im)}} for im in sample.images]
+    )
+    parts.append({"type": "text", "text": sample.question})
+    return [{"role": "user", "content": parts}]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(model: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    argv = [
+        sys.executable, "-m", "server", "--model", str(model),
+        "--served-model-name", SERVED_MODEL_NAME, "--port", str(port), "--log-level", "warning",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KIMI_VL_")}
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def wait_ready(base_url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{log_path.read_text()[-4000:]}")
+        try:
+            if httpx.get(base_url + "/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"server not ready in {STARTUP_TIMEOUT_S} s")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def ask(client, sample: Sample) -> bool:  # type: ignore[no-untyped-def]
+    reply = client.chat.completions.create(
+        model=SERVED_MODEL_NAME, messages=messages(sample), temperature=0.0, max_tokens=8
+    )
+    return (reply.choices[0].message.content or "").strip() == sample.answer
+
+
+def run(model: Path, n: int, offset: int, concurrency: int, log_path: Path) -> dict:
+    from openai import OpenAI
+
+    port = _free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    launched = time.perf_counter()
+    process = start_server(model, port, log_path)
+    try:
+        wait_ready(base_url, process, log_path)
+        server_s = time.perf_counter() - launched
+        client = OpenAI(base_url=base_url + "/v1", api_key="unused", timeout=300)
+        started = time.perf_counter()
+        tasks: dict[str, dict[str, float]] = {}
+        with ThreadPoolExecutor(concurrency) as pool:
+            for task in TASKS:
+                samples = [make_sample(task, heldout_seed(i, offset)) for i in range(n)]
+                hits = list(pool.map(lambda s: ask(client, s), samples))
+                tasks[task] = {"accuracy": sum(hits) / n, "n": n}
+                print(f"{task:>13}: {tasks[task]['accuracy']:.3f} (n={n})", flush=True)  # noqa: T201
+        eval_s = time.perf_counter() - started
+    finally:
+        stop(process)
+    overall = sum(v["accuracy"] * v["n"] for v in tasks.values()) / sum(
+        v["n"] for v in tasks.values()
+    )
+    return {
+        "tasks": tasks,
+        "overall": overall,
+        "server_s": round(server_s, 1),
+        "eval_s": round(eval_s, 1),
+        "model": str(model),
+        "seed_offset": offset,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", type=Path, default=None, help="write the result here")
+    ap.add_argument("--n", type=int, default=100, help="questions per task")
+    ap.add_argument("--model", type=Path, default=CHECKPOINT_DIR)
+    ap.add_argument("--offset", type=int, default=DEFAULT_OFFSET, help="held-out seed offset")
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument(
+        "--log", type=Path, default=Path(tempfile.gettempdir()) / "demo_accuracy_server.log"
+    )
+    args = ap.parse_args()
+    result = run(args.model, args.n, args.offset, args.concurrency, args.log)
+    text = json.dumps(result, indent=2)
+    print(text)  # noqa: T201
+    if args.json:
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager, suppress
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from server.api import chat, completions, health, models
+from server.api import chat, completions, health, models, responses
 from server.api.auth import APIKeyMiddleware
 from server.api.errors import install_error_handlers
 from server.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
@@ -25,6 +25,8 @@ from server.protocol.policy import IGNORED_HEADER
 from server.serving.chat import ChatCompletions
 from server.serving.completions import TextCompletions
 from server.serving.context import ServingContext
+from server.serving.response_store import ResponseStore
+from server.serving.responses import Responses
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -77,7 +79,11 @@ def create_app(
     app.state.serving = serving
     app.state.chat = ChatCompletions(serving)
     app.state.completions = TextCompletions(serving)
-    for router in (chat.router, completions.router, models.router, health.router):
+    app.state.responses = Responses(
+        serving, app.state.chat, ResponseStore(settings.responses_store_size)
+    )
+    routers = (chat.router, completions.router, responses.router, models.router, health.router)
+    for router in routers:
         app.include_router(router)
 
     install_error_handlers(app)  # innermost: the last-resort 500 middleware

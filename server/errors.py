@@ -132,6 +132,17 @@ class ModelNotFound(APIError):
         super().__init__(f"The model '{model}' does not exist.", param="model")
 
 
+class ResponseNotFound(APIError):
+    """A stored response (`/v1/responses/{id}`, `previous_response_id`) that does not exist."""
+
+    status_code = 404
+    error_type = INVALID_REQUEST
+    code = "response_not_found"
+
+    def __init__(self, response_id: str, *, param: str | None = None) -> None:
+        super().__init__(f"Response with id '{response_id}' not found.", param=param)
+
+
 class RouteNotFound(APIError):
     status_code = 404
     error_type = INVALID_REQUEST

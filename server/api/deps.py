@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from server.serving.chat import ChatCompletions
 from server.serving.completions import TextCompletions
 from server.serving.context import ServingContext
+from server.serving.responses import Responses
 
 
 def _context(request: Request) -> ServingContext:
@@ -26,6 +27,11 @@ def _completions(request: Request) -> TextCompletions:
     return service
 
 
+def _responses(request: Request) -> Responses:
+    service: Responses = request.app.state.responses
+    return service
+
+
 def request_id(request: Request) -> str:
     """The id the request-context middleware assigned (from X-Request-Id or generated)."""
     rid: str = request.state.request_id
@@ -35,4 +41,5 @@ def request_id(request: Request) -> str:
 Context = Annotated[ServingContext, Depends(_context)]
 Chat = Annotated[ChatCompletions, Depends(_chat)]
 Completions = Annotated[TextCompletions, Depends(_completions)]
+ResponsesService = Annotated[Responses, Depends(_responses)]
 RequestId = Annotated[str, Depends(request_id)]

@@ -203,7 +203,10 @@ class MLA(nn.Module):
         k_pe = rope_interleaved(k_pe, pos, self.theta).unsqueeze(1).expand(-1, self.heads, -1, -1)
         q = torch.cat([q_nope, q_pe], dim=-1)
         k = torch.cat([k_nope, k_pe], dim=-1)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        # v padded to the q/k width: CPU SDPA then takes its fused kernel (same result).
+        width = self.nope + self.rope
+        out = F.scaled_dot_product_attention(q, k, F.pad(v, (0, width - self.vdim)), is_causal=True)
+        out = out[..., : self.vdim]
         return self.o_proj(out.transpose(1, 2).reshape(b, length, self.heads * self.vdim))
 
 

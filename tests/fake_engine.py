@@ -17,6 +17,7 @@ from server.engine.contract import (
     GenerateOutput,
     GenerateRequest,
     ModelInfo,
+    RequestRejectedError,
     TokenLogprob,
     TopLogprob,
 )
@@ -54,6 +55,7 @@ class FakeEngine:
         self.fail_at_step: int | None = None
         self.alive = True
         self.ready = False
+        self.reject: str | None = None  # check() refuses with this message when set
 
     @property
     def tokenizer(self) -> TikTokenTokenizer:
@@ -80,6 +82,11 @@ class FakeEngine:
         images = (request.multi_modal_data or {}).get("image", [])
         extra = sum(num_image_tokens(im.width, im.height, cfg) - 1 for im in images)
         return len(request.prompt_token_ids) + extra
+
+    def check(self, request: GenerateRequest) -> None:
+        """Refuses with `self.reject` (a message) when a test sets it."""
+        if self.reject is not None:
+            raise RequestRejectedError(self.reject)
 
     async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerateOutput, None]:
         self.requests.append(request)

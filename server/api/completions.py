@@ -15,13 +15,20 @@ router = APIRouter()
 
 @router.post("/v1/completions", response_model=None)
 async def create_completion(
-    body: CompletionRequest, request: Request, completions: Completions, request_id: RequestId
+    body: CompletionRequest,
+    request: Request,
+    response: Response,
+    completions: Completions,
+    request_id: RequestId,
 ) -> Completion | Response:
     prepared = await cancel_on_disconnect(request, lambda: completions.prepare(body, request_id))
     if prepared is None:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     on_request_end(request, prepared.done)
     if body.stream:
-        return EventStreamResponse(completions.stream(prepared))
+        return EventStreamResponse(completions.stream(prepared), headers=prepared.headers)
     result = await cancel_on_disconnect(request, lambda: completions.complete(prepared))
-    return result if result is not None else Response(status_code=CLIENT_CLOSED_REQUEST)
+    if result is None:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    response.headers.update(prepared.headers)  # FastAPI copies these onto the JSON response
+    return result

@@ -30,6 +30,19 @@ class RequestRejectedError(ValueError):
         self.param = param
 
 
+ConstraintKind = Literal["json", "regex", "choice", "grammar", "json_object", "structural_tag"]
+
+
+@dataclass(frozen=True, slots=True)
+class OutputConstraint:
+    """A structured-output constraint (vLLM's StructuredOutputsParams, one field of it):
+    `json` a schema (mapping or JSON text), `regex` / `grammar` / `structural_tag` text,
+    `choice` a tuple of strings, `json_object` True."""
+
+    kind: ConstraintKind
+    value: Any
+
+
 @dataclass(frozen=True, slots=True)
 class SamplingOptions:
     """OpenAI sampling fields as plain values, after request defaults are applied.
@@ -56,8 +69,10 @@ class SamplingOptions:
     logprobs: bool = False
     top_logprobs: int = 0
     logit_bias: Mapping[int, float] | None = None
-    json_schema: Mapping[str, Any] | None = None  # response_format json_schema
-    json_object: bool = False  # response_format json_object
+    constraint: OutputConstraint | None = None
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +82,8 @@ class GenerateRequest:
     sampling: SamplingOptions
     # {"image": [PIL.Image, ...]} in prompt order, one `<|media_pad|>` per image in the prompt.
     multi_modal_data: Mapping[str, Any] | None = None
+    priority: int = 0  # lower runs first, with the engine's priority scheduling
+    cache_salt: str | None = None  # prefix-cache entries are shared only within one salt
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +153,8 @@ class Tokenizer(Protocol):
 
     def convert_tokens_to_ids(self, tokens: str | list[str]) -> int | list[int]: ...
 
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = ...) -> str | list[str]: ...
+
     def __len__(self) -> int:
         """Vocabulary size, special tokens included."""
         ...
@@ -165,6 +184,12 @@ class Engine(Protocol):
 
     def is_ready(self) -> bool:
         """True once start() finished and the engine accepts requests; /ready."""
+        ...
+
+    def check(self, request: GenerateRequest) -> None:
+        """Raise RequestRejectedError if the engine would refuse `request` (e.g. an output
+        constraint that does not compile); called before a response starts, so a bad request
+        is a 400 rather than an error event in a stream."""
         ...
 
     def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerateOutput, None]:

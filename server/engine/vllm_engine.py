@@ -53,6 +53,7 @@ def wants_reasoning(settings: Settings, model: str) -> bool:
 
 def engine_args(settings: Settings, model: str) -> Any:
     """AsyncEngineArgs for `model` from Settings (config flows one way: Settings -> vLLM)."""
+    from vllm.config import StructuredOutputsConfig
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     kwargs: dict[str, Any] = {
@@ -70,6 +71,11 @@ def engine_args(settings: Settings, model: str) -> Any:
             "video": settings.limit_videos_per_request,
         },
         "seed": 0,
+        # Constrained JSON without free whitespace, as OpenAI's: a weak model cannot pad it
+        # with spaces until max_tokens (--json-whitespace allows it again).
+        "structured_outputs_config": StructuredOutputsConfig(
+            backend="xgrammar", disable_any_whitespace=not settings.json_whitespace
+        ),
         # Prometheus `vllm:*` metrics come from the stat loggers, which need log_stats.
         "disable_log_stats": False,
         "enable_log_requests": False,
@@ -102,10 +108,13 @@ def sampling_params(options: SamplingOptions, stop_ids: list[int]) -> Any:
     from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
     structured = None
-    if options.json_schema is not None:
-        structured = StructuredOutputsParams(json=dict(options.json_schema))
-    elif options.json_object:
-        structured = StructuredOutputsParams(json_object=True)
+    if options.constraint is not None:
+        kind, value = options.constraint.kind, options.constraint.value
+        if kind == "json" and not isinstance(value, str):
+            value = dict(value)
+        elif kind == "choice":
+            value = list(value)
+        structured = StructuredOutputsParams(**{kind: value})
     return SamplingParams(
         n=options.n,
         max_tokens=options.max_tokens,
@@ -127,6 +136,9 @@ def sampling_params(options: SamplingOptions, stop_ids: list[int]) -> Any:
         logprobs=options.top_logprobs if options.logprobs else None,
         logit_bias=dict(options.logit_bias) if options.logit_bias else None,
         structured_outputs=structured,
+        skip_special_tokens=options.skip_special_tokens,
+        spaces_between_special_tokens=options.spaces_between_special_tokens,
+        include_stop_str_in_output=options.include_stop_str_in_output,
         output_kind=RequestOutputKind.DELTA,
     )
 
@@ -252,6 +264,21 @@ class VLLMEngine:
         return self._ready and self.is_alive()
 
     # -- requests ---------------------------------------------------------------------------
+    def check(self, request: GenerateRequest) -> None:
+        from vllm.exceptions import VLLMClientError
+        from vllm.v1.structured_output.backend_xgrammar import validate_xgrammar_grammar
+
+        try:
+            params = sampling_params(request.sampling, self._stop_ids)
+            validate_xgrammar_grammar(params)
+        except (ValueError, VLLMClientError) as exc:
+            raise RequestRejectedError(str(exc)) from exc
+        if request.priority and self._settings.scheduling_policy != "priority":
+            raise RequestRejectedError(
+                "'priority' needs the server to run with --scheduling-policy priority",
+                param="priority",
+            )
+
     async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerateOutput, None]:
         from vllm.exceptions import VLLMClientError
         from vllm.v1.engine.exceptions import EngineDeadError as VLLMEngineDead
@@ -269,8 +296,10 @@ class VLLMEngine:
         prompt: dict[str, Any] = {"prompt_token_ids": list(request.prompt_token_ids)}
         if request.multi_modal_data:
             prompt["multi_modal_data"] = dict(request.multi_modal_data)
+        if request.cache_salt is not None:
+            prompt["cache_salt"] = request.cache_salt
         produced: dict[int, int] = {}
-        stream = llm.generate(prompt, params, request.request_id)
+        stream = llm.generate(prompt, params, request.request_id, priority=request.priority)
         try:
             async for out in stream:
                 for step in self._steps(out, request, produced):

@@ -1,5 +1,10 @@
 """OpenAI chat-completions wire format (request, response, stream chunk) for Kimi-VL.
 
+Tools: Kimi-VL's chat template defines no tool-call format, so only forced calls are served
+(`tool_choice` = a named function or "required", generated under a JSON-schema constraint);
+`tool_choice: "auto"` is a 400 that says so. Tool results and earlier calls in the history are
+rendered as docs/architecture.md#tool-calls describes.
+
 Message content is normalised on the way in: a plain string becomes one text part, so consumers
 (the prompt renderer) handle one shape. The Kimi-VL template concatenates parts with nothing in
 between, so this is lossless for rendering.
@@ -26,20 +31,28 @@ from server.protocol.common import (
     MAX_TOP_LOGPROBS,
     UNSUPPORTED_PARAMETER,
     ChoiceLogprobs,
-    FinishReason,
     SamplingRequest,
     Usage,
     unsupported,
 )
+from server.protocol.policy import ignored
 
-Role = Literal["system", "developer", "user", "assistant"]
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+ChatFinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
+FUNCTION_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+def _detail(value: Any) -> Any:
+    # "original" (newer OpenAI models: no downscaling) is this server's "high": the model's full
+    # per-image budget at native resolution.
+    return "high" if value == "original" else value
 
 
 class ImageURL(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str = Field(min_length=1)
-    detail: Literal["auto", "low", "high"] = "auto"
+    detail: Annotated[Literal["auto", "low", "high"], BeforeValidator(_detail)] = "auto"
 
 
 class VideoURL(BaseModel):
@@ -88,13 +101,28 @@ def _content_parts(value: Any) -> Any:
 
 
 def _role(value: Any) -> Any:
-    if value in ("tool", "function"):
+    if value == "function":
         raise PydanticCustomError(
             UNSUPPORTED_PARAMETER,
-            "'{role}' messages are not supported (no tool calling)",
-            {"role": value},
+            "'function' messages (the deprecated functions API) are not supported; use 'tool'",
+            {},
         )
     return value
+
+
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=FUNCTION_NAME)
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
 
 
 class ChatMessage(BaseModel):
@@ -104,7 +132,7 @@ class ChatMessage(BaseModel):
     content: Annotated[list[ContentPart], BeforeValidator(_content_parts)] = Field(
         default_factory=list
     )
-    name: str | None = None
+    name: str | None = ignored("the chat template has no participant names")
     # Earlier assistant turns of a Thinking model may carry their reasoning back; it is never
     # rendered into the prompt (docs/model.md#chat-template: strip reasoning from history).
     reasoning_content: str | None = None
@@ -112,9 +140,9 @@ class ChatMessage(BaseModel):
     # Fields the SDK echoes when a response message is appended to the history as-is.
     refusal: str | None = None
     annotations: list[Any] | None = None
-    tool_calls: Annotated[list[Any] | None, unsupported([])] = None
+    tool_calls: list[ToolCall] | None = None  # an assistant turn's calls, rendered as JSON
+    tool_call_id: str | None = None  # a tool turn's answer to that call
     function_call: Annotated[Any, unsupported()] = None
-    tool_call_id: Annotated[str | None, unsupported()] = None
     audio: Annotated[Any, unsupported()] = None
 
     @model_validator(mode="after")
@@ -125,12 +153,24 @@ class ChatMessage(BaseModel):
             raise PydanticCustomError(
                 "missing", "a {role} message needs 'content'", {"role": self.role}
             )
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry 'tool_calls'")
+        if self.role == "tool" and not self.tool_call_id:
+            raise PydanticCustomError("missing", "a tool message needs 'tool_call_id'", {})
         return self
 
     @property
     def text(self) -> str:
         """The text parts joined (for system/assistant turns, which hold text only)."""
         return "".join(p.text or "" for p in self.content if p.type == "text")
+
+
+class MMProcessorKwargs(BaseModel):
+    """vLLM's `mm_processor_kwargs`: Kimi-VL's processor takes the per-image token budget."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    in_token_limit: int | None = Field(default=None, ge=4)
 
 
 class VideoOptions(BaseModel):
@@ -147,25 +187,65 @@ class VideoOptions(BaseModel):
     timestamps: bool | None = None  # `MM:SS` text before each frame; on unless false
 
 
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=FUNCTION_NAME)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # JSON schema of the arguments
+    strict: bool | None = None  # arguments always follow the schema here (constrained)
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: NamedFunction
+
+
+# Keys of `chat_template_kwargs` the Kimi-VL template reads; it has no others.
+TEMPLATE_KWARGS = ("add_generation_prompt",)
+
+
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     video: VideoOptions | None = None
-    chat_template_kwargs: dict[str, Any] | None = None
     include_reasoning: bool = True
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = ignored("a forced call is always one call")
 
-    tools: Annotated[list[Any] | None, unsupported([])] = None
-    tool_choice: Annotated[Any, unsupported("none")] = None
-    functions: Annotated[list[Any] | None, unsupported([])] = None
-    function_call: Annotated[Any, unsupported("none")] = None
-    parallel_tool_calls: Annotated[bool | None, unsupported()] = None
-    audio: Annotated[Any, unsupported()] = None
+    # vLLM's extra fields for chat.
+    chat_template_kwargs: dict[str, Any] | None = None
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    echo: bool = False
+    mm_processor_kwargs: MMProcessorKwargs | None = None
+
+    reasoning_effort: str | None = ignored("Kimi-VL has no reasoning-effort control")
+    verbosity: str | None = ignored("Kimi-VL has no verbosity control")
+    prediction: dict[str, Any] | None = ignored("no speculative decoding from a prediction")
     modalities: Annotated[list[str] | None, unsupported(["text"])] = None
-    prediction: Annotated[Any, unsupported()] = None
+    audio: Annotated[Any, unsupported()] = None
     web_search_options: Annotated[Any, unsupported()] = None
-    reasoning_effort: Annotated[str | None, unsupported()] = None
+    functions: Annotated[list[Any] | None, unsupported([])] = None  # deprecated: use tools
+    function_call: Annotated[Any, unsupported("none")] = None  # deprecated: use tool_choice
 
     @field_validator("top_logprobs")
     @classmethod
@@ -173,6 +253,41 @@ class ChatCompletionRequest(SamplingRequest):
         if value and not info.data.get("logprobs"):
             raise ValueError("'top_logprobs' requires 'logprobs' to be true")
         return value
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _template_reads_it(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        for key in value or {}:
+            if key not in TEMPLATE_KWARGS:
+                raise PydanticCustomError(
+                    UNSUPPORTED_PARAMETER,
+                    "the Kimi-VL chat template has no variable '{key}' (it reads only "
+                    "add_generation_prompt)",
+                    {"key": key},
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ChatCompletionRequest:
+        if self.generation_prompt and self.continue_final_message:
+            raise ValueError("'continue_final_message' needs 'add_generation_prompt' to be false")
+        if self.continue_final_message and self.messages[-1].role != "assistant":
+            raise ValueError("'continue_final_message' needs an assistant message last")
+        return self
+
+    @property
+    def generation_prompt(self) -> bool:
+        """`add_generation_prompt`, which `chat_template_kwargs` may also carry (it wins)."""
+        kwargs = self.chat_template_kwargs or {}
+        return bool(kwargs.get("add_generation_prompt", self.add_generation_prompt))
+
+    @property
+    def forced_tool(self) -> str | None:
+        """The named function a call is forced to; "*" when any tool may be called."""
+        choice = self.tool_choice
+        if isinstance(choice, NamedToolChoice):
+            return choice.function.name
+        return "*" if choice == "required" else None
 
     @property
     def effective_max_tokens(self) -> int | None:
@@ -191,13 +306,21 @@ class ChatCompletionMessage(BaseModel):
     reasoning_content: str | None = None
     reasoning: str | None = None
     refusal: str | None = None
+    tool_calls: list[ToolCall] | None = None
+
+    @model_serializer(mode="wrap")
+    def _no_empty_tool_calls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("tool_calls") is None:
+            data.pop("tool_calls", None)
+        return data
 
 
 class ChatCompletionChoice(BaseModel):
     index: int
     message: ChatCompletionMessage
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: FinishReason | None = None
+    finish_reason: ChatFinishReason | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -221,6 +344,30 @@ class DeltaMessage(BaseModel):
     content: str | None = None
     reasoning_content: str | None = None
     reasoning: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class FunctionCallDelta(BaseModel):
+    name: str | None = None
+    arguments: str = ""
+
+    @model_serializer(mode="wrap")
+    def _drop_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class ToolCallDelta(BaseModel):
+    """A piece of a streamed tool call: the first carries id, type and name; later ones only
+    more of `function.arguments` (OpenAI's stream shape)."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta
 
     @model_serializer(mode="wrap")
     def _drop_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -231,7 +378,7 @@ class ChatCompletionChunkChoice(BaseModel):
     index: int
     delta: DeltaMessage
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: FinishReason | None = None
+    finish_reason: ChatFinishReason | None = None
 
 
 class ChatCompletionChunk(BaseModel):

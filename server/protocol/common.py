@@ -1,8 +1,10 @@
 """Wire-format pieces shared by chat and legacy completions: sampling fields, usage, logprobs.
 
-Request models are strict: unknown fields are rejected (as OpenAI does) and fields this server
-knows but cannot honour (tools, audio, …) are rejected with an `unsupported_parameter` error that
-names the field, instead of being silently ignored.
+Request models are strict: unknown fields are rejected (as OpenAI does). Every known field is
+honoured, accepted and ignored because it cannot apply to this model (`ignored()`, reported in
+the `X-Ignored-Params` header), or — where ignoring it would silently change what the client
+asked for (audio output, web search) — rejected with an `unsupported_parameter` error that names
+it. vLLM's documented extra fields are honoured (README: field policy).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import PydanticCustomError
+
+from server.protocol.policy import ignored
 
 MAX_N = 16  # choices per request; each choice is a full sequence in the engine
 MAX_STOP_SEQUENCES = 16
@@ -70,6 +74,42 @@ class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     include_usage: bool = False
+    include_obfuscation: bool | None = ignored("no obfuscation padding is added to stream events")
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM's `structured_outputs` extra: exactly one constraint on the output (xgrammar)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+
+    json_: dict[str, Any] | str | None = Field(default=None, alias="json")
+    regex: str | None = Field(default=None, min_length=1)
+    choice: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
+    grammar: str | None = Field(default=None, min_length=1)
+    json_object: bool | None = None
+    structural_tag: dict[str, Any] | str | None = None
+    disable_any_whitespace: bool | None = ignored("engine-wide: see --json-whitespace")
+    disable_additional_properties: bool | None = ignored("not used by the xgrammar backend")
+    whitespace_pattern: str | None = ignored("not used by the xgrammar backend")
+
+    @model_validator(mode="after")
+    def _one_constraint(self) -> StructuredOutputs:
+        given = [k for k in CONSTRAINTS if getattr(self, k) not in (None, False)]
+        if len(given) != 1:
+            names = ", ".join(f"'{k.rstrip('_')}'" for k in CONSTRAINTS)
+            raise ValueError(f"set exactly one of {names} (got {len(given)})")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in CONSTRAINTS if getattr(self, k) not in (None, False)).rstrip("_")
+
+    @property
+    def value(self) -> Any:
+        return getattr(self, self.kind if self.kind != "json" else "json_")
+
+
+CONSTRAINTS = ("json_", "regex", "choice", "grammar", "json_object", "structural_tag")
 
 
 class JsonSchemaFormat(BaseModel):
@@ -132,12 +172,30 @@ class SamplingRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     response_format: ResponseFormat | None = None
-    user: str | None = None
 
-    # Known OpenAI fields without an effect here; accepted only in their "off" form.
-    store: Annotated[bool | None, unsupported(False)] = None
-    metadata: dict[str, str] | None = None  # only meaningful with `store`; ignored
-    service_tier: Annotated[str | None, unsupported("auto", "default")] = None
+    # OpenAI fields that cannot apply to a self-hosted model.
+    user: str | None = ignored("no per-user abuse tracking")
+    safety_identifier: str | None = ignored("no per-user abuse tracking")
+    prompt_cache_key: str | None = ignored("prefix caching needs no key (see cache_salt)")
+    store: bool | None = ignored("completions are not stored for distillation or evals")
+    metadata: dict[str, str] | None = ignored("only meaningful with store")
+    service_tier: str | None = ignored("one service tier")
+
+    # vLLM's extra fields (clients send them through the SDK's `extra_body`).
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+    truncate_prompt_tokens: int | None = Field(default=None, ge=-1)
+    structured_outputs: StructuredOutputs | None = None
+    priority: int = 0
+    cache_salt: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_output_constraint(self) -> SamplingRequest:
+        fmt = self.response_format
+        if self.structured_outputs is not None and fmt is not None and fmt.type != "text":
+            raise ValueError("use either 'response_format' or 'structured_outputs', not both")
+        return self
 
     @field_validator("stream_options")
     @classmethod

@@ -44,8 +44,8 @@ Prompt = Annotated[list[str] | list[list[int]], BeforeValidator(_normalize_promp
 class CompletionRequest(SamplingRequest):
     prompt: Prompt
     logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
-    echo: Annotated[bool | None, unsupported(False)] = None
-    suffix: Annotated[str | None, unsupported("")] = None
+    echo: bool = False  # the prompt text goes before each choice's text
+    suffix: Annotated[str | None, unsupported("")] = None  # Kimi-VL has no fill-in-the-middle
     best_of: Annotated[int | None, unsupported(1)] = None
 
 

@@ -32,7 +32,7 @@ def _walk(model: BaseModel, prefix: str) -> Iterator[str]:
             continue
         value = getattr(model, name)
         extra = info.json_schema_extra
-        if isinstance(extra, dict) and extra.get(IGNORED_KEY) and value is not None:
+        if isinstance(extra, dict) and extra.get(IGNORED_KEY) and value not in (None, [], {}):
             yield prefix + (info.alias or name)
         elif isinstance(value, BaseModel):
             yield from _walk(value, f"{prefix}{info.alias or name}.")

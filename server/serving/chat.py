@@ -1,9 +1,10 @@
 """`/v1/chat/completions` logic: request -> prompt ids + images -> engine -> OpenAI response.
 
-`prepare` does everything that can fail with a 4xx (model name, admission, prompt rendering,
-media, context length) before any byte is sent; `complete` and `stream` then drive the engine.
-A failure after streaming started arrives as a final SSE error event. Closing the stream
-(client gone) closes the engine generator, which aborts the engine request.
+`prepare` does everything that can fail with a 4xx (model name, tools, admission, prompt
+rendering, media, context length, the engine's check of output constraints) before any byte is
+sent; `complete` and `stream` then drive the engine. A failure after streaming started arrives as
+a final SSE error event. Closing the stream (client gone) closes the engine generator, which
+aborts the engine request. A forced tool call comes back as `tool_calls` (server/serving/tools.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.engine.contract import GenerateOutput, GenerateRequest
+from server.engine.contract import GenerateRequest
 from server.errors import APIError
 from server.metrics import (
     IMAGE_TOKENS_PER_REQUEST,
@@ -31,15 +32,25 @@ from server.protocol.chat import (
     ChatCompletionChunkChoice,
     ChatCompletionMessage,
     ChatCompletionRequest,
+    ChatFinishReason,
     DeltaMessage,
+    FunctionCallDelta,
+    ToolCallDelta,
 )
-from server.protocol.common import ChoiceLogprobs, FinishReason, Usage
+from server.protocol.common import ChoiceLogprobs, Usage
 from server.serving.choices import ChoiceState, FirstTokenTimer, chat_logprobs
-from server.serving.context import ServingContext
+from server.serving.context import ServingContext, ignored_params
 from server.serving.images import check_image_count, prepare_images
-from server.serving.prompt import render_prompt
+from server.serving.prompt import render_prompt, truncate_prompt
 from server.serving.sampling import check_token_ids, max_output_tokens, sampling_options
 from server.serving.streaming import SSE_DONE, sse_error_event, sse_event
+from server.serving.tools import (
+    check_tools,
+    new_call_id,
+    parse_tool_call,
+    tool_constraint,
+    tools_turn_text,
+)
 from server.serving.videos import PreparedVideo, prepare_videos, video_block_tokens
 
 logger = logging.getLogger(__name__)
@@ -58,6 +69,7 @@ class PreparedChat:
     started: float  # time.perf_counter() when handling began (for TTFT)
     done: Callable[[], None]  # releases the admission ticket; idempotent
     headers: dict[str, str] = field(default_factory=dict)  # extra response headers
+    echo: str = ""  # `echo`: the final assistant text, repeated before the new content
 
 
 class ChatCompletions:
@@ -69,16 +81,24 @@ class ChatCompletions:
         ctx = self.ctx
         ctx.check_model(request.model)
         ctx.check_engine()
+        check_tools(request)
         ticket = ctx.gate.admit(request_id, request.n)
         try:
             check_token_ids(request, ctx.vocab_size)
-            rendered = render_prompt(request.messages, ctx.tokenizer, ctx.specials)
+            rendered = render_prompt(
+                request.messages,
+                ctx.tokenizer,
+                ctx.specials,
+                add_generation_prompt=request.generation_prompt,
+                continue_final_message=request.continue_final_message,
+                tools_text=tools_turn_text(request),
+            )
             check_image_count(rendered.images, ctx.settings.limit_images_per_request)
             video_options = ctx.video_policy.options(request.video)
             ctx.video_policy.check_count(rendered.videos)
-            images = await prepare_images(
-                rendered.images, limits=ctx.media_limits, budget=ctx.image_budget
-            )
+            mm_kwargs = request.mm_processor_kwargs
+            budget = ctx.image_budget_for(mm_kwargs.in_token_limit if mm_kwargs else None)
+            images = await prepare_images(rendered.images, limits=ctx.media_limits, budget=budget)
             videos = await prepare_videos(
                 rendered.videos,
                 options=video_options,
@@ -98,6 +118,13 @@ class ChatCompletions:
                 + video_tokens
                 - len(videos) * video_block_tokens(ctx.tokenizer)
             )
+            token_ids, num_prompt_tokens = truncate_prompt(
+                rendered.token_ids,
+                num_prompt_tokens,
+                request.truncate_prompt_tokens,
+                max_model_len=ctx.model_info.max_model_len,
+                media_start=ctx.specials.media_start,
+            )
             max_tokens = max_output_tokens(
                 request.effective_max_tokens,
                 num_prompt_tokens,
@@ -111,34 +138,40 @@ class ChatCompletions:
                 max_tokens=max_tokens,
                 logprobs=request.logprobs,
                 top_logprobs=request.top_logprobs or 0,
+                constraint=tool_constraint(request),
             )
+            media: dict[str, list[Any]] = {}
+            if images:
+                media["image"] = [image.image for image in images]
+            if videos:
+                media["video"] = [video.engine_item() for video in videos]
+            engine_request = GenerateRequest(
+                request_id=ticket.request_id,
+                prompt_token_ids=token_ids,
+                sampling=options,
+                multi_modal_data=media or None,
+                priority=request.priority,
+                cache_salt=request.cache_salt,
+            )
+            ctx.check(engine_request, _constraint_param(request))
         except BaseException:
             ticket.release()
             raise
         IMAGES_PER_REQUEST.observe(len(images))
         if images:
             IMAGE_TOKENS_PER_REQUEST.observe(image_tokens)
-        media: dict[str, list[Any]] = {}
-        if images:
-            media["image"] = [image.image for image in images]
-        if videos:
-            media["video"] = [video.engine_item() for video in videos]
-        engine_request = GenerateRequest(
-            request_id=ticket.request_id,
-            prompt_token_ids=rendered.token_ids,
-            sampling=options,
-            multi_modal_data=media or None,
-        )
         return PreparedChat(
             request=request,
             engine_request=engine_request,
             num_prompt_tokens=num_prompt_tokens,
-            reasoning=ctx.model_info.reasoning,
+            # Constrained output (JSON, a tool call, a regex…) has no room for ◁think▷ markers.
+            reasoning=ctx.model_info.reasoning and options.constraint is None,
             response_id=f"chatcmpl-{secrets.token_hex(12)}",
             created=int(time.time()),
             started=started,
             done=ticket.release,
-            headers=_video_report(videos),
+            headers={**_video_report(videos), **ignored_params(request, "chat")},
+            echo=_echo_text(request),
         )
 
     # -- non-streaming ----------------------------------------------------------------------
@@ -159,16 +192,22 @@ class ChatCompletions:
             reasoning, content = state.split()
             if not request.include_reasoning:
                 reasoning = None
+            message = ChatCompletionMessage(
+                content=prepared.echo + content, reasoning_content=reasoning, reasoning=reasoning
+            )
+            finish: ChatFinishReason = state.finish_reason or "stop"
+            if request.forced_tool is not None:
+                call = parse_tool_call(request, content, new_call_id())
+                if call is not None:
+                    message.content, message.tool_calls, finish = None, [call], "tool_calls"
             choices.append(
                 ChatCompletionChoice(
                     index=state.index,
-                    message=ChatCompletionMessage(
-                        content=content, reasoning_content=reasoning, reasoning=reasoning
-                    ),
+                    message=message,
                     logprobs=ChoiceLogprobs(content=chat_logprobs(state.logprobs))
                     if request.logprobs
                     else None,
-                    finish_reason=state.finish_reason or "stop",
+                    finish_reason=finish,
                 )
             )
         return ChatCompletion(
@@ -184,12 +223,15 @@ class ChatCompletions:
         """SSE events: role chunk per choice, deltas, finish chunks, optional usage, [DONE]."""
         request = prepared.request
         states = [ChoiceState(i, reasoning=prepared.reasoning) for i in range(request.n)]
+        calls = [_StreamedCall(request, prepared.echo) for _ in states]
         prompt_tokens, cached = prepared.num_prompt_tokens, 0
         timer = FirstTokenTimer(prepared.started)
         try:
-            for state in states:
-                delta = DeltaMessage(role="assistant", content="")
-                yield self._chunk(prepared, state.index, delta)
+            for state, call in zip(states, calls, strict=True):
+                yield self._chunk(prepared, state.index, DeltaMessage(role="assistant", content=""))
+                opening = call.opening()
+                if opening is not None:
+                    yield self._chunk(prepared, state.index, opening)
             async with aclosing(self.ctx.engine.generate(prepared.engine_request)) as outputs:
                 async for out in outputs:
                     prompt_tokens, cached = out.num_prompt_tokens, out.num_cached_tokens
@@ -198,8 +240,19 @@ class ChatCompletions:
                     timer.saw(reasoning, content)
                     if not request.include_reasoning:
                         reasoning = ""
-                    if reasoning or content or out.finished or (request.logprobs and out.logprobs):
-                        yield self._delta_chunk(prepared, out, state, reasoning, content)
+                    delta = calls[out.index].delta(reasoning, content, state)
+                    logprobs = None
+                    if request.logprobs and out.logprobs:
+                        logprobs = ChoiceLogprobs(content=chat_logprobs(out.logprobs))
+                    finish = calls[out.index].finish(state) if out.finished else None
+                    if delta is not None or finish is not None or logprobs is not None:
+                        yield self._chunk(
+                            prepared,
+                            state.index,
+                            delta or DeltaMessage(),
+                            logprobs=logprobs,
+                            finish=finish,
+                        )
             if request.include_usage_in_stream:
                 usage = _usage(states, prompt_tokens, cached)
                 chunk = ChatCompletionChunk(
@@ -218,25 +271,6 @@ class ChatCompletions:
             prepared.done()
         yield SSE_DONE
 
-    def _delta_chunk(
-        self,
-        prepared: PreparedChat,
-        out: GenerateOutput,
-        state: ChoiceState,
-        reasoning: str,
-        content: str,
-    ) -> str:
-        delta = DeltaMessage(
-            content=content or None,
-            reasoning_content=reasoning or None,
-            reasoning=reasoning or None,
-        )
-        logprobs = None
-        if prepared.request.logprobs and out.logprobs:
-            logprobs = ChoiceLogprobs(content=chat_logprobs(out.logprobs))
-        finish = state.finish_reason if out.finished else None
-        return self._chunk(prepared, state.index, delta, logprobs=logprobs, finish=finish)
-
     def _chunk(
         self,
         prepared: PreparedChat,
@@ -244,7 +278,7 @@ class ChatCompletions:
         delta: DeltaMessage,
         *,
         logprobs: ChoiceLogprobs | None = None,
-        finish: FinishReason | None = None,
+        finish: ChatFinishReason | None = None,
     ) -> str:
         chunk = ChatCompletionChunk(
             id=prepared.response_id,
@@ -260,6 +294,66 @@ class ChatCompletions:
             ],
         )
         return sse_event(chunk.model_dump_json())
+
+
+class _StreamedCall:
+    """How one choice's text turns into stream deltas: plain content (after the `echo` text), the
+    arguments of a named forced call as they are generated, or a `required` call whose function
+    name is only known once the whole JSON is there (sent in one delta at the end)."""
+
+    def __init__(self, request: ChatCompletionRequest, echo: str) -> None:
+        self.request = request
+        self.forced = request.forced_tool
+        self.call_id = new_call_id()
+        self.echo = echo
+
+    def opening(self) -> DeltaMessage | None:
+        if self.echo:
+            return DeltaMessage(content=self.echo)
+        if self.forced is not None and self.forced != "*":
+            head = ToolCallDelta(
+                index=0,
+                id=self.call_id,
+                type="function",
+                function=FunctionCallDelta(name=self.forced, arguments=""),
+            )
+            return DeltaMessage(tool_calls=[head])
+        return None
+
+    def delta(self, reasoning: str, content: str, state: ChoiceState) -> DeltaMessage | None:
+        if self.forced == "*":
+            if not state.finish_reason:
+                return None  # the name is not known before the whole call is
+            call = parse_tool_call(self.request, state.text, self.call_id)
+            if call is None:
+                return DeltaMessage(content=state.text) if state.text else None
+            head = ToolCallDelta(
+                index=0,
+                id=call.id,
+                type="function",
+                function=FunctionCallDelta(
+                    name=call.function.name, arguments=call.function.arguments
+                ),
+            )
+            return DeltaMessage(tool_calls=[head])
+        if self.forced is not None:
+            if not content:
+                return None
+            return DeltaMessage(
+                tool_calls=[ToolCallDelta(index=0, function=FunctionCallDelta(arguments=content))]
+            )
+        if not (reasoning or content):
+            return None
+        return DeltaMessage(
+            content=content or None,
+            reasoning_content=reasoning or None,
+            reasoning=reasoning or None,
+        )
+
+    def finish(self, state: ChoiceState) -> ChatFinishReason:
+        if self.forced is not None and parse_tool_call(self.request, state.text, self.call_id):
+            return "tool_calls"
+        return state.finish_reason or "stop"
 
 
 def _video_report(videos: list[PreparedVideo]) -> dict[str, str]:
@@ -280,3 +374,20 @@ def _usage(states: list[ChoiceState], prompt_tokens: int, cached: int) -> Usage:
         cached=cached,
         reasoning=sum(state.reasoning_tokens for state in states),
     )
+
+
+def _echo_text(request: ChatCompletionRequest) -> str:
+    """vLLM's chat `echo`: the last message's text when it is the assistant's own (continued)."""
+    last = request.messages[-1]
+    return last.text if request.echo and last.role == "assistant" else ""
+
+
+def _constraint_param(request: ChatCompletionRequest) -> str | None:
+    """The field an output-constraint error belongs to."""
+    if request.forced_tool is not None:
+        return "tools"
+    if request.structured_outputs is not None:
+        return "structured_outputs"
+    if request.response_format is not None:
+        return "response_format"
+    return None

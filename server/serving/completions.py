@@ -3,7 +3,8 @@
 The prompt is used as given (no chat template). Special-token strings in it are honoured, as
 with vLLM's own endpoint — this endpoint exists for callers who build prompts themselves.
 Images are a chat feature: a prompt that contains the image placeholder is refused. Each
-prompt is one engine request; choice `index` is prompt_index * n + choice.
+prompt is one engine request; choice `index` is prompt_index * n + choice. With `echo` each
+choice's text starts with its prompt (as given, or decoded when given as ids or truncated).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from server.protocol.completions import (
     CompletionRequest,
 )
 from server.serving.choices import ChoiceState, FirstTokenTimer
-from server.serving.context import ServingContext
+from server.serving.context import ServingContext, ignored_params
+from server.serving.prompt import truncate_prompt
 from server.serving.sampling import check_token_ids, max_output_tokens, sampling_options
 from server.serving.streaming import SSE_DONE, merge_streams, sse_error_event, sse_event
 
@@ -41,6 +43,8 @@ class PreparedCompletion:
     created: int
     started: float
     done: Callable[[], None]
+    echoes: list[str]  # per prompt: the text `echo` puts before each choice ("" without echo)
+    headers: dict[str, str]
 
 
 def completion_logprobs(
@@ -95,12 +99,26 @@ class TextCompletions:
         ctx = self.ctx
         ctx.check_model(request.model)
         ctx.check_engine()
+        if request.echo and request.logprobs is not None:
+            raise InvalidRequest(
+                "'echo' with 'logprobs' is not supported (no prompt logprobs); drop one of them.",
+                param="echo",
+            )
         ticket = ctx.gate.admit(request_id, request.n * len(request.prompt))
         try:
             check_token_ids(request, ctx.vocab_size)
             prompts = self._encode(request)
-            engine_requests = []
-            for i, ids in enumerate(prompts):
+            engine_requests, echoes = [], []
+            for i, encoded in enumerate(prompts):
+                ids, _ = truncate_prompt(
+                    encoded,
+                    len(encoded),
+                    request.truncate_prompt_tokens,
+                    max_model_len=ctx.model_info.max_model_len,
+                    media_start=ctx.specials.media_start,
+                )
+                prompts[i] = ids
+                echoes.append(self._echo(request, i, ids, truncated=ids is not encoded))
                 max_tokens = max_output_tokens(
                     request.max_tokens,
                     len(ids),
@@ -116,7 +134,13 @@ class TextCompletions:
                     top_logprobs=request.logprobs or 0,
                 )
                 rid = ticket.request_id if len(prompts) == 1 else f"{ticket.request_id}:{i}"
-                engine_requests.append(GenerateRequest(rid, ids, options))
+                engine_request = GenerateRequest(
+                    rid, ids, options, priority=request.priority, cache_salt=request.cache_salt
+                )
+                ctx.check(
+                    engine_request, "structured_outputs" if request.structured_outputs else None
+                )
+                engine_requests.append(engine_request)
         except BaseException:
             ticket.release()
             raise
@@ -128,7 +152,18 @@ class TextCompletions:
             created=int(time.time()),
             started=started,
             done=ticket.release,
+            echoes=echoes,
+            headers=ignored_params(request, "completions"),
         )
+
+    def _echo(self, request: CompletionRequest, index: int, ids: list[int], truncated: bool) -> str:
+        if not request.echo:
+            return ""
+        given = request.prompt[index]
+        if isinstance(given, str) and not truncated:
+            return given
+        text = self.ctx.tokenizer.decode(ids, skip_special_tokens=False)
+        return text if isinstance(text, str) else "".join(text)
 
     def _streams(
         self, prepared: PreparedCompletion
@@ -153,7 +188,7 @@ class TextCompletions:
         choices = [
             CompletionChoice(
                 index=state.index,
-                text=state.text,
+                text=prepared.echoes[state.index // n] + state.text,
                 logprobs=completion_logprobs(state.logprobs, state.logprob_offsets)
                 if request.logprobs is not None
                 else None,
@@ -175,6 +210,13 @@ class TextCompletions:
         states = [ChoiceState(i, reasoning=False) for i in range(n * len(request.prompt))]
         timer = FirstTokenTimer(prepared.started)
         try:
+            echoed = [
+                CompletionChoice(index=state.index, text=prepared.echoes[state.index // n])
+                for state in states
+                if prepared.echoes[state.index // n]
+            ]
+            if echoed:
+                yield sse_event(self._chunk(prepared, echoed).model_dump_json())
             async with aclosing(self._streams(prepared)) as outputs:
                 async for prompt_index, out in outputs:
                     state = states[prompt_index * n + out.index]

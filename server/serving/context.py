@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from functools import cached_property
 from typing import Any
 
-from server.engine.contract import Engine, ModelInfo, Tokenizer
-from server.errors import EngineDead, EngineStarting, ModelNotFound
+from pydantic import BaseModel
+
+from server.engine.contract import (
+    Engine,
+    GenerateRequest,
+    ModelInfo,
+    RequestRejectedError,
+    Tokenizer,
+)
+from server.errors import EngineDead, EngineStarting, InvalidRequest, ModelNotFound
 from server.media import MediaLimits
+from server.protocol.policy import IGNORED_HEADER, ignored_fields
 from server.serving.admission import AdmissionGate
 from server.serving.images import ImageBudget
 from server.serving.prompt import SpecialIds
 from server.serving.sampling import generation_defaults
 from server.serving.videos import VideoPolicy
 from server.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 class ServingContext:
@@ -76,3 +89,27 @@ class ServingContext:
     @cached_property
     def defaults(self) -> dict[str, Any]:
         return generation_defaults(self.settings, self.model_info)
+
+    def image_budget_for(self, in_token_limit: int | None) -> ImageBudget:
+        """The budget with a request's `mm_processor_kwargs.in_token_limit` (never above the
+        server's)."""
+        budget = self.image_budget
+        if in_token_limit is None or in_token_limit >= budget.in_token_limit:
+            return budget
+        return dataclasses.replace(budget, in_token_limit=in_token_limit)
+
+    def check(self, request: GenerateRequest, param: str | None) -> None:
+        """The engine's own pre-flight check; its refusal names `param` unless it names one."""
+        try:
+            self.engine.check(request)
+        except RequestRejectedError as exc:
+            raise InvalidRequest(str(exc), param=exc.param or param, code="invalid_value") from exc
+
+
+def ignored_params(request: BaseModel, route: str) -> dict[str, str]:
+    """The `X-Ignored-Params` header for the fields `request` sets that have no effect here."""
+    names = ignored_fields(request)
+    if not names:
+        return {}
+    logger.debug("%s: ignored request fields: %s", route, ", ".join(names))
+    return {IGNORED_HEADER: ",".join(names)}

@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from server.engine.contract import Tokenizer
+from server.errors import InvalidRequest
 from server.protocol.chat import ChatMessage
 from server.serving.reasoning import strip_reasoning
+from server.serving.tools import tool_call_text
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant"
 IMAGE_MARKER_TEXT = "image"  # the plain text between <|media_start|> and <|media_content|>
@@ -135,20 +137,35 @@ def render_prompt(
     specials: SpecialIds,
     *,
     add_generation_prompt: bool = True,
+    continue_final_message: bool = False,
+    tools_text: str | None = None,
 ) -> RenderedPrompt:
-    """Token ids of the conversation plus the image and video parts behind its media blocks."""
+    """Token ids of the conversation plus the image and video parts behind its media blocks.
+
+    `continue_final_message`: the last (assistant) turn is left open, verbatim, for the model to
+    continue. `tools_text`: an extra system turn after the first one, describing a forced call.
+    A `tool` turn gets no role token, only its role name, as the template renders any role it
+    does not know; an assistant turn's `tool_calls` follow its text as JSON, one per line.
+    """
     out = _IdBuilder(tokenizer)
     images: list[ImageRef] = []
     videos: list[VideoRef] = []
-    if not messages or template_role(messages[0]) != "system":
+    first_is_system = bool(messages) and template_role(messages[0]) == "system"
+    if not first_is_system:
         _turn(out, specials, "system", DEFAULT_SYSTEM_PROMPT)
     for m, message in enumerate(messages):
+        if tools_text is not None and m == int(first_is_system):
+            _turn(out, specials, "system", tools_text)
         role = template_role(message)
-        out.special(specials.role(role))
+        open_turn = continue_final_message and m == len(messages) - 1
+        if role in ("system", "user", "assistant"):
+            out.special(specials.role(role))
         out.text(role)
         out.special(specials.im_middle)
         if role == "assistant":
-            out.text(strip_reasoning(message.text))
+            out.text(message.text if open_turn else strip_reasoning(message.text))
+            calls = [tool_call_text(call) for call in message.tool_calls or ()]
+            out.text(("\n" if message.text and calls else "") + "\n".join(calls))
         for p, part in enumerate(message.content if role != "assistant" else ()):
             if part.type == "text":
                 out.text(part.text or "")
@@ -158,7 +175,10 @@ def render_prompt(
             elif part.type == "video_url" and part.video_url is not None:
                 videos.append(VideoRef(m, p, part.video_url.url))
                 _media_block(out, specials, VIDEO_MARKER_TEXT)
-        out.special(specials.im_end)
+        if not open_turn:
+            out.special(specials.im_end)
+    if tools_text is not None and len(messages) == int(first_is_system):
+        _turn(out, specials, "system", tools_text)
     if add_generation_prompt:
         out.special(specials.im_assistant)
         out.text("assistant")
@@ -181,3 +201,36 @@ def _turn(out: _IdBuilder, specials: SpecialIds, role: str, text: str) -> None:
     out.special(specials.im_middle)
     out.text(text)
     out.special(specials.im_end)
+
+
+def truncate_prompt(
+    token_ids: list[int],
+    num_prompt_tokens: int,
+    keep: int | None,
+    *,
+    max_model_len: int,
+    media_start: int,
+) -> tuple[list[int], int]:
+    """vLLM's `truncate_prompt_tokens`: keep the last `keep` prompt tokens (-1: the context
+    length). `num_prompt_tokens` counts media expanded; only text before the first media block
+    may be dropped, so a cut that would reach into an image or video is a 400."""
+    if keep is None:
+        return token_ids, num_prompt_tokens
+    if keep == -1:
+        keep = max_model_len
+    if keep > max_model_len:
+        raise InvalidRequest(
+            f"'truncate_prompt_tokens' ({keep}) exceeds the context length ({max_model_len}).",
+            param="truncate_prompt_tokens",
+        )
+    drop = num_prompt_tokens - keep
+    if drop <= 0:
+        return token_ids, num_prompt_tokens
+    first_media = token_ids.index(media_start) if media_start in token_ids else len(token_ids)
+    if drop > first_media:
+        raise InvalidRequest(
+            f"Keeping the last {keep} prompt tokens would cut into an image or video; raise "
+            "'truncate_prompt_tokens' or shorten the text before the first media part.",
+            param="truncate_prompt_tokens",
+        )
+    return token_ids[drop:], keep

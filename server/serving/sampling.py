@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from server.engine.contract import ModelInfo, SamplingOptions
+from server.engine.contract import ModelInfo, OutputConstraint, SamplingOptions
 from server.errors import ContextLengthExceeded, InvalidRequest
 from server.protocol.common import SamplingRequest
 from server.settings import Settings
@@ -88,6 +88,21 @@ def check_token_ids(request: SamplingRequest, vocab_size: int) -> None:
             )
 
 
+def output_constraint(request: SamplingRequest) -> OutputConstraint | None:
+    """`response_format` (json_schema, json_object) or vLLM's `structured_outputs`, as one
+    engine constraint (the request model allows at most one of the two)."""
+    fmt = request.response_format
+    if fmt is not None and fmt.type == "json_schema" and fmt.json_schema is not None:
+        return OutputConstraint("json", fmt.json_schema.schema_)
+    if fmt is not None and fmt.type == "json_object":
+        return OutputConstraint("json_object", True)
+    structured = request.structured_outputs
+    if structured is None:
+        return None
+    value = structured.value
+    return OutputConstraint(structured.kind, tuple(value) if structured.kind == "choice" else value)  # type: ignore[arg-type]
+
+
 def sampling_options(
     request: SamplingRequest,
     defaults: Mapping[str, Any],
@@ -95,15 +110,15 @@ def sampling_options(
     max_tokens: int,
     logprobs: bool = False,
     top_logprobs: int = 0,
+    constraint: OutputConstraint | None = None,
 ) -> SamplingOptions:
-    """The engine's SamplingOptions for one request (max_tokens already decided)."""
+    """The engine's SamplingOptions for one request (max_tokens already decided). `constraint`
+    (a forced tool call's) replaces the request's own output constraint."""
 
     def pick(name: str) -> Any:
         value = getattr(request, name)
         return value if value is not None else defaults.get(name, _OPENAI_DEFAULTS.get(name))
 
-    fmt = request.response_format
-    json_schema = fmt.json_schema.schema_ if fmt and fmt.json_schema is not None else None
     return SamplingOptions(
         n=request.n,
         max_tokens=max_tokens,
@@ -122,6 +137,8 @@ def sampling_options(
         logprobs=logprobs,
         top_logprobs=top_logprobs,
         logit_bias=dict(request.logit_bias) if request.logit_bias else None,
-        json_schema=json_schema if fmt and fmt.type == "json_schema" else None,
-        json_object=bool(fmt and fmt.type == "json_object"),
+        constraint=constraint or output_constraint(request),
+        skip_special_tokens=request.skip_special_tokens,
+        spaces_between_special_tokens=request.spaces_between_special_tokens,
+        include_stop_str_in_output=request.include_stop_str_in_output,
     )

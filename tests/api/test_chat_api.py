@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from server.engine.contract import OutputConstraint
 from server.model.image_processing import num_image_tokens
 from server.model.tiny import PREPROCESSOR_CONFIG
 from server.serving.images import ImageBudget
@@ -157,7 +158,7 @@ async def test_logprobs_and_response_format(make_client: Any) -> None:
     tokens = data["choices"][0]["logprobs"]["content"]
     assert tokens and all(len(t["top_logprobs"]) == 2 for t in tokens)
     assert tokens[0]["bytes"] == list(tokens[0]["token"].encode())
-    assert engine.requests[-1].sampling.json_schema == schema
+    assert engine.requests[-1].sampling.constraint == OutputConstraint("json", schema)
 
 
 async def test_context_and_image_limits(make_client: Any) -> None:

@@ -126,9 +126,9 @@ async def test_validation_error_is_400_with_dotted_param(client: httpx.AsyncClie
 @pytest.mark.asyncio
 async def test_unsupported_and_unknown_params(client: httpx.AsyncClient) -> None:
     base = {"messages": [{"role": "user", "content": "hi"}]}
-    response = await client.post("/v1/chat/completions", json={**base, "tools": [{"x": 1}]})
+    response = await client.post("/v1/chat/completions", json={**base, "audio": {"voice": "x"}})
     assert response.status_code == 400
-    assert envelope(response)["param"] == "tools"
+    assert envelope(response)["param"] == "audio"
     assert envelope(response)["code"] == "unsupported_parameter"
     response = await client.post("/v1/chat/completions", json={**base, "nope": 1})
     assert (response.status_code, envelope(response)["code"]) == (400, "unknown_parameter")

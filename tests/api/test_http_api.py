@@ -130,9 +130,13 @@ async def test_errors_use_the_envelope(make_client: Any) -> None:
         "/v1/chat/completions", content=deep, headers={"content-type": "application/json"}
     )
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
+    # Tools without a forced call: the model has no tool-call format to choose one by itself.
     tools = {**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}
     response = await client.post("/v1/chat/completions", json=tools)
-    assert response.json()["error"]["code"] == "unsupported_parameter"
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "unsupported_value"
+    assert response.json()["error"]["param"] == "tool_choice"
+    assert "tool_choice" in response.json()["error"]["message"]
     assert (await client.get("/nope")).json()["error"]["code"] == "not_found"
 
 

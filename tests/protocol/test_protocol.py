@@ -28,6 +28,7 @@ from server.protocol import (
     TopLogprob,
     Usage,
 )
+from server.protocol.policy import ignored_fields
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -89,7 +90,7 @@ def test_full_request() -> None:
             },
             "user": "u1",
             "video": {"fps": 1, "max_frames": 16, "max_tokens": 4096},
-            "chat_template_kwargs": {"thinking": True},
+            "chat_template_kwargs": {"add_generation_prompt": True},
             "include_reasoning": False,
             "tools": [],
             "tool_choice": "none",
@@ -217,35 +218,118 @@ def test_missing_messages() -> None:
 @pytest.mark.parametrize(
     "fields",
     [
-        {"tools": [{"type": "function", "function": {"name": "f"}}]},
-        {"tool_choice": "auto"},
         {"functions": [{"name": "f"}]},
         {"function_call": "auto"},
-        {"parallel_tool_calls": True},
         {"audio": {"voice": "alloy"}},
         {"modalities": ["text", "audio"]},
-        {"prediction": {"type": "content", "content": "x"}},
-        {"reasoning_effort": "high"},
-        {"store": True},
         {"web_search_options": {}},
     ],
 )
 def test_unsupported_fields_named(fields: dict[str, Any]) -> None:
+    """Fields whose effect this model cannot give (audio out, web search) are refused."""
     (name,) = fields
     param, code, message = chat_error({"messages": USER, **fields})
     assert (param, code) == (name, "unsupported_parameter")
     assert name in message
 
 
-def test_tool_messages_unsupported() -> None:
-    param, code, _ = chat_error(
-        {"messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}]}
+def test_ignored_fields_are_accepted_and_named() -> None:
+    request = chat(
+        messages=[{"role": "user", "content": "hi", "name": "ann"}],
+        reasoning_effort="high",
+        verbosity="low",
+        safety_identifier="s",
+        prompt_cache_key="k",
+        service_tier="flex",
+        store=True,
+        metadata={"a": "b"},
+        user="u",
+        parallel_tool_calls=False,
+        prediction={"type": "content", "content": "x"},
+        stream=True,
+        stream_options={"include_usage": True, "include_obfuscation": False},
+        structured_outputs={"regex": "a+", "whitespace_pattern": " "},
     )
-    assert (param, code) == ("messages[0].role", "unsupported_parameter")
-    param, code, _ = chat_error(
-        {"messages": [{"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]}]}
+    assert ignored_fields(request) == [
+        "messages[].name",
+        "metadata",
+        "parallel_tool_calls",
+        "prediction",
+        "prompt_cache_key",
+        "reasoning_effort",
+        "safety_identifier",
+        "service_tier",
+        "store",
+        "stream_options.include_obfuscation",
+        "structured_outputs.whitespace_pattern",
+        "user",
+        "verbosity",
+    ]
+    assert ignored_fields(chat(messages=USER, temperature=0.5)) == []
+
+
+def test_vllm_extras_accepted() -> None:
+    request = chat(
+        messages=[*USER, {"role": "assistant", "content": "The answer is"}],
+        skip_special_tokens=False,
+        spaces_between_special_tokens=False,
+        include_stop_str_in_output=True,
+        truncate_prompt_tokens=-1,
+        structured_outputs={"choice": ["a", "b"]},
+        continue_final_message=True,
+        add_generation_prompt=False,
+        echo=True,
+        priority=-3,
+        cache_salt="tenant-1",
+        mm_processor_kwargs={"in_token_limit": 256},
     )
-    assert (param, code) == ("messages[0].tool_calls", "unsupported_parameter")
+    assert request.structured_outputs is not None and request.structured_outputs.kind == "choice"
+    assert not request.generation_prompt and request.continue_final_message
+    assert request.mm_processor_kwargs is not None
+    assert request.mm_processor_kwargs.in_token_limit == 256
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"structured_outputs": {"regex": "a", "choice": ["a"]}}, "structured_outputs"),
+        ({"structured_outputs": {}}, "structured_outputs"),
+        ({"structured_outputs": {"json": {}}, "response_format": {"type": "json_object"}}, None),
+        ({"chat_template_kwargs": {"enable_thinking": True}}, "chat_template_kwargs"),
+        ({"continue_final_message": True}, None),
+        ({"mm_processor_kwargs": {"max_pixels": 10}}, "mm_processor_kwargs.max_pixels"),
+        ({"truncate_prompt_tokens": -2}, "truncate_prompt_tokens"),
+    ],
+)
+def test_vllm_extras_checked(fields: dict[str, Any], param: str | None) -> None:
+    got_param, code, message = chat_error({"messages": USER, **fields})
+    assert got_param == param and message
+    assert code in ("invalid_value", "unsupported_parameter", "unknown_parameter")
+
+
+def test_tool_messages_and_calls() -> None:
+    request = chat(
+        messages=[
+            *USER,
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                ],
+            },
+            {"role": "tool", "content": "42", "tool_call_id": "c1"},
+        ],
+        tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        tool_choice={"type": "function", "function": {"name": "f"}},
+    )
+    assert request.forced_tool == "f" and request.messages[2].role == "tool"
+    assert chat(messages=USER, tools=[], tool_choice="required").forced_tool == "*"
+    assert chat_error({"messages": [{"role": "tool", "content": "x"}]})[0] == "messages[0]"
+    param, _, _ = chat_error(
+        {"messages": [{"role": "function", "content": "x", "name": "f"}]}
+    )
+    assert param == "messages[0].role"
 
 
 def test_unknown_field_rejected() -> None:
@@ -283,12 +367,11 @@ def test_completion_bad_prompt(prompt: Any) -> None:
 
 def test_completion_fields() -> None:
     request = CompletionRequest.model_validate(
-        {"prompt": "x", "logprobs": 5, "echo": False, "best_of": 1, "stop": ["\n"]}
+        {"prompt": "x", "logprobs": 5, "echo": True, "best_of": 1, "stop": ["\n"]}
     )
-    assert request.logprobs == 5 and request.stop == ["\n"]
+    assert request.logprobs == 5 and request.stop == ["\n"] and request.echo
     cases: list[tuple[dict[str, Any], str]] = [
         ({"logprobs": 6}, "logprobs"),
-        ({"echo": True}, "echo"),
         ({"suffix": "s"}, "suffix"),
         ({"best_of": 3}, "best_of"),
     ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.engine.contract import ModelInfo
+from server.engine.contract import ModelInfo, OutputConstraint
 from server.errors import ContextLengthExceeded
 from server.protocol.chat import ChatCompletionRequest
 from server.serving.sampling import generation_defaults, max_output_tokens, sampling_options
@@ -60,10 +60,41 @@ def test_request_fields_pass_through() -> None:
     assert (options.presence_penalty, options.frequency_penalty) == (0.5, -0.5)
     assert options.repetition_penalty == 1.2 and options.logit_bias == {12: 5}
     assert options.min_tokens == 20  # never above max_tokens
-    assert options.json_schema == {"type": "object"} and not options.json_object
+    assert options.constraint == OutputConstraint("json", {"type": "object"})
     assert options.logprobs and options.top_logprobs == 2
     json_object = _request(response_format={"type": "json_object"})
-    assert sampling_options(json_object, {}, max_tokens=1).json_object
+    assert sampling_options(json_object, {}, max_tokens=1).constraint == OutputConstraint(
+        "json_object", True
+    )
+
+
+@pytest.mark.parametrize(
+    ("structured", "expected"),
+    [
+        ({"json": {"type": "integer"}}, OutputConstraint("json", {"type": "integer"})),
+        ({"regex": "[ab]+"}, OutputConstraint("regex", "[ab]+")),
+        ({"choice": ["yes", "no"]}, OutputConstraint("choice", ("yes", "no"))),
+        ({"grammar": 'root ::= "x"'}, OutputConstraint("grammar", 'root ::= "x"')),
+        ({"json_object": True}, OutputConstraint("json_object", True)),
+    ],
+)
+def test_structured_outputs_become_one_constraint(
+    structured: dict[str, object], expected: OutputConstraint
+) -> None:
+    options = sampling_options(_request(structured_outputs=structured), {}, max_tokens=1)
+    assert options.constraint == expected
+
+
+def test_vllm_extras_reach_the_engine_options() -> None:
+    request = _request(
+        skip_special_tokens=False,
+        spaces_between_special_tokens=False,
+        include_stop_str_in_output=True,
+    )
+    options = sampling_options(request, {}, max_tokens=1)
+    assert not options.skip_special_tokens and not options.spaces_between_special_tokens
+    assert options.include_stop_str_in_output
+    assert sampling_options(_request(), {}, max_tokens=1).skip_special_tokens
 
 
 def test_max_tokens_room_and_errors() -> None:

@@ -11,6 +11,7 @@ import dataclasses
 import json
 from typing import Any
 
+import openai
 import pytest
 
 from server.model.image_processing import num_image_tokens
@@ -362,3 +363,46 @@ async def test_engine_failure_mid_stream_is_an_error_event(make_client: Any) -> 
     # A failed response is not stored: the only stored id would come from a final event.
     created = events[0][1]["response"]["id"]
     assert (await client.get(f"{URL}/{created}")).status_code == 404
+
+
+def _finish_with_stop(engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the stand-in engine end with `stop` (an answer that ended by itself)."""
+    generate = engine.generate
+
+    async def stopping(request: Any) -> Any:
+        async for out in generate(request):
+            yield dataclasses.replace(out, finish_reason="stop") if out.finished else out
+
+    monkeypatch.setattr(engine, "generate", stopping)
+
+
+async def test_the_openai_sdk_parses_it(make_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    client, engine = await make_client(script=THINKING, reasoning=True)
+    _finish_with_stop(engine, monkeypatch)
+    sdk = openai.AsyncOpenAI(
+        base_url="http://test/v1", api_key="unused", http_client=client, max_retries=0
+    )
+    created = await sdk.responses.create(model=MODEL, input="hi", instructions="Be brief.")
+    assert created.status == "completed" and created.incomplete_details is None
+    assert created.output_text == "Three apples."
+    assert created.output[0].type == "reasoning"
+    assert created.usage is not None and created.usage.output_tokens_details.reasoning_tokens > 0
+
+    async with sdk.responses.stream(
+        model=MODEL, input="again", previous_response_id=created.id
+    ) as stream:
+        kinds = [event.type async for event in stream]
+        final = await stream.get_final_response()
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert "response.reasoning_text.delta" in kinds and "response.output_text.delta" in kinds
+    assert final.output_text == "Three apples." and final.previous_response_id == created.id
+    assert final.output[0].type == "reasoning" and final.output[0].content is not None
+    assert final.output[0].content[0].text == "Let me count."
+
+    retrieved = await sdk.responses.retrieve(final.id)
+    assert retrieved.output_text == "Three apples." and retrieved.id == final.id
+    await sdk.responses.delete(final.id)
+    with pytest.raises(openai.NotFoundError):
+        await sdk.responses.retrieve(final.id)
+    with pytest.raises(openai.NotFoundError):
+        await sdk.responses.create(model=MODEL, input="x", previous_response_id=final.id)

@@ -26,6 +26,7 @@ from server.protocol.responses import (
     ResponseObject,
     ResponsesRequest,
     ResponseUsage,
+    StreamEvent,
     TextDeltaEvent,
     TextDoneEvent,
 )
@@ -131,8 +132,13 @@ def test_the_sdk_parses_the_response_object() -> None:
 
 
 def test_the_sdk_parses_every_event() -> None:
-    common = {"sequence_number": 1, "item_id": "msg_1", "output_index": 0, "content_index": 0}
-    events = [
+    common: dict[str, Any] = {
+        "sequence_number": 1,
+        "item_id": "msg_1",
+        "output_index": 0,
+        "content_index": 0,
+    }
+    events: list[StreamEvent] = [
         ResponseEvent(type="response.created", sequence_number=0, response=_response()),
         OutputItemEvent(
             type="response.output_item.added",
@@ -154,5 +160,5 @@ def test_the_sdk_parses_every_event() -> None:
     ]
     adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(ResponseStreamEvent)
     for event in events:
-        parsed = adapter.validate_python(event.model_dump(mode="json"))
+        parsed: Any = adapter.validate_python(event.model_dump(mode="json"))
         assert parsed.type == event.type

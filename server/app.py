@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager, suppress
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from server.api import chat, completions, health, models, responses
+from server.api import chat, completions, health, models, responses, tokenize
 from server.api.auth import APIKeyMiddleware
 from server.api.errors import install_error_handlers
 from server.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
@@ -27,6 +27,7 @@ from server.serving.completions import TextCompletions
 from server.serving.context import ServingContext
 from server.serving.response_store import ResponseStore
 from server.serving.responses import Responses
+from server.serving.tokenize import Tokenization
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -82,7 +83,15 @@ def create_app(
     app.state.responses = Responses(
         serving, app.state.chat, ResponseStore(settings.responses_store_size)
     )
-    routers = (chat.router, completions.router, responses.router, models.router, health.router)
+    app.state.tokenization = Tokenization(serving)
+    routers = (
+        chat.router,
+        completions.router,
+        responses.router,
+        tokenize.router,
+        models.router,
+        health.router,
+    )
     for router in routers:
         app.include_router(router)
 

@@ -10,6 +10,7 @@ from server.serving.chat import ChatCompletions
 from server.serving.completions import TextCompletions
 from server.serving.context import ServingContext
 from server.serving.responses import Responses
+from server.serving.tokenize import Tokenization
 
 
 def _context(request: Request) -> ServingContext:
@@ -24,6 +25,11 @@ def _chat(request: Request) -> ChatCompletions:
 
 def _completions(request: Request) -> TextCompletions:
     service: TextCompletions = request.app.state.completions
+    return service
+
+
+def _tokenization(request: Request) -> Tokenization:
+    service: Tokenization = request.app.state.tokenization
     return service
 
 
@@ -43,3 +49,4 @@ Chat = Annotated[ChatCompletions, Depends(_chat)]
 Completions = Annotated[TextCompletions, Depends(_completions)]
 ResponsesService = Annotated[Responses, Depends(_responses)]
 RequestId = Annotated[str, Depends(request_id)]
+Tokenize = Annotated[Tokenization, Depends(_tokenization)]

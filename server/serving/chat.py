@@ -40,7 +40,7 @@ from server.protocol.chat import (
 from server.protocol.common import ChoiceLogprobs, Usage
 from server.serving.choices import ChoiceState, FirstTokenTimer, chat_logprobs
 from server.serving.context import ServingContext, ignored_params
-from server.serving.images import check_image_count, prepare_images
+from server.serving.images import PreparedImage, check_image_count, prepare_images
 from server.serving.prompt import render_prompt, truncate_prompt
 from server.serving.sampling import check_token_ids, max_output_tokens, sampling_options
 from server.serving.streaming import SSE_DONE, sse_error_event, sse_event
@@ -72,6 +72,53 @@ class PreparedChat:
     echo: str = ""  # `echo`: the final assistant text, repeated before the new content
 
 
+@dataclass(slots=True)
+class ChatPrompt:
+    """A chat request's prompt: token ids with one pad per image and one block per video, the
+    loaded media, and the prompt length the engine will see (media expanded)."""
+
+    token_ids: list[int]
+    images: list[PreparedImage]
+    videos: list[PreparedVideo]
+    num_prompt_tokens: int
+
+
+async def build_chat_prompt(ctx: ServingContext, request: ChatCompletionRequest) -> ChatPrompt:
+    """Render the template and load every image and video part (400s name the part)."""
+    rendered = render_prompt(
+        request.messages,
+        ctx.tokenizer,
+        ctx.specials,
+        add_generation_prompt=request.generation_prompt,
+        continue_final_message=request.continue_final_message,
+        tools_text=tools_turn_text(request),
+    )
+    check_image_count(rendered.images, ctx.settings.limit_images_per_request)
+    video_options = ctx.video_policy.options(request.video)
+    ctx.video_policy.check_count(rendered.videos)
+    mm_kwargs = request.mm_processor_kwargs
+    budget = ctx.image_budget_for(mm_kwargs.in_token_limit if mm_kwargs else None)
+    images = await prepare_images(rendered.images, limits=ctx.media_limits, budget=budget)
+    videos = await prepare_videos(
+        rendered.videos,
+        options=video_options,
+        limits=ctx.media_limits,
+        cfg=ctx.image_budget.model,
+        max_seconds=ctx.video_policy.max_seconds,
+        tokenizer=ctx.tokenizer,
+    )
+    # Each image's single <|media_pad|> expands to its token count in the engine; each video's
+    # whole block is replaced by its frames (server/serving/videos.py).
+    num_prompt_tokens = (
+        len(rendered.token_ids)
+        + sum(image.num_tokens for image in images)
+        - len(images)
+        + sum(video.num_prompt_tokens for video in videos)
+        - len(videos) * video_block_tokens(ctx.tokenizer)
+    )
+    return ChatPrompt(rendered.token_ids, images, videos, num_prompt_tokens)
+
+
 class ChatCompletions:
     def __init__(self, ctx: ServingContext) -> None:
         self.ctx = ctx
@@ -85,42 +132,11 @@ class ChatCompletions:
         ticket = ctx.gate.admit(request_id, request.n)
         try:
             check_token_ids(request, ctx.vocab_size)
-            rendered = render_prompt(
-                request.messages,
-                ctx.tokenizer,
-                ctx.specials,
-                add_generation_prompt=request.generation_prompt,
-                continue_final_message=request.continue_final_message,
-                tools_text=tools_turn_text(request),
-            )
-            check_image_count(rendered.images, ctx.settings.limit_images_per_request)
-            video_options = ctx.video_policy.options(request.video)
-            ctx.video_policy.check_count(rendered.videos)
-            mm_kwargs = request.mm_processor_kwargs
-            budget = ctx.image_budget_for(mm_kwargs.in_token_limit if mm_kwargs else None)
-            images = await prepare_images(rendered.images, limits=ctx.media_limits, budget=budget)
-            videos = await prepare_videos(
-                rendered.videos,
-                options=video_options,
-                limits=ctx.media_limits,
-                cfg=ctx.image_budget.model,
-                max_seconds=ctx.video_policy.max_seconds,
-                tokenizer=ctx.tokenizer,
-            )
-            image_tokens = sum(image.num_tokens for image in images)
-            video_tokens = sum(video.num_prompt_tokens for video in videos)
-            # Each image's single <|media_pad|> expands to its token count in the engine; each
-            # video's whole block is replaced by its frames (server/serving/videos.py).
-            num_prompt_tokens = (
-                len(rendered.token_ids)
-                + image_tokens
-                - len(images)
-                + video_tokens
-                - len(videos) * video_block_tokens(ctx.tokenizer)
-            )
+            inputs = await build_chat_prompt(ctx, request)
+            images, videos = inputs.images, inputs.videos
             token_ids, num_prompt_tokens = truncate_prompt(
-                rendered.token_ids,
-                num_prompt_tokens,
+                inputs.token_ids,
+                inputs.num_prompt_tokens,
                 request.truncate_prompt_tokens,
                 max_model_len=ctx.model_info.max_model_len,
                 media_start=ctx.specials.media_start,
@@ -159,7 +175,7 @@ class ChatCompletions:
             raise
         IMAGES_PER_REQUEST.observe(len(images))
         if images:
-            IMAGE_TOKENS_PER_REQUEST.observe(image_tokens)
+            IMAGE_TOKENS_PER_REQUEST.observe(sum(image.num_tokens for image in images))
         return PreparedChat(
             request=request,
             engine_request=engine_request,

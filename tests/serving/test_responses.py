@@ -7,11 +7,14 @@ from typing import Any
 
 import pytest
 
+from server.app import create_app
 from server.errors import InvalidRequest
 from server.protocol.chat import ChatMessage
 from server.protocol.responses import ResponseObject, ResponsesRequest
 from server.serving.response_store import ResponseStore, StoredResponse
 from server.serving.responses_input import chat_messages, chat_request_for, responses_param
+from tests.api.conftest import api_settings
+from tests.fake_engine import FakeEngine
 
 
 def _request(**fields: Any) -> ResponsesRequest:
@@ -117,3 +120,22 @@ def test_store_lru_and_capacity() -> None:
     empty = ResponseStore(0)
     empty.put(_stored("a"))
     assert empty.get("a") is None and len(empty) == 0
+
+
+@pytest.mark.asyncio
+async def test_closing_the_stream_aborts_the_engine_request(kimi_tokenizer: Any) -> None:
+    """What a client disconnect does (EventStreamResponse closes the body generator): the
+    engine generator is closed at once and the admission seat is given back."""
+    engine = FakeEngine(kimi_tokenizer, script=["a", "b", "c", "d"])
+    app = create_app(api_settings(), engine)
+    await engine.start()
+    service = app.state.responses
+    request = ResponsesRequest.model_validate({"input": "hi", "stream": True})
+    prepared = await service.prepare(request, "r1")
+    assert service.ctx.gate.active == 1
+    stream = service.stream(prepared)
+    names = [(await anext(stream)).split("\n", 1)[0] for _ in range(5)]
+    assert names[-1] == "event: response.output_text.delta"
+    await stream.aclose()
+    assert engine.closed == ["r1"] and service.ctx.gate.active == 0
+    assert service.store.get(prepared.skeleton.id) is None  # never finished: not stored

@@ -10,6 +10,7 @@ Closing the generator early (client gone) makes vLLM abort the request.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import os
@@ -110,8 +111,8 @@ def sampling_params(options: SamplingOptions, stop_ids: list[int]) -> Any:
     structured = None
     if options.constraint is not None:
         kind, value = options.constraint.kind, options.constraint.value
-        if kind == "json" and not isinstance(value, str):
-            value = dict(value)
+        if kind in ("json", "structural_tag") and not isinstance(value, str):
+            value = dict(value) if kind == "json" else json.dumps(value)
         elif kind == "choice":
             value = list(value)
         structured = StructuredOutputsParams(**{kind: value})

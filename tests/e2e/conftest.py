@@ -25,6 +25,7 @@ from PIL import Image
 
 from server.model.image_processing import ImageProcessorConfig
 from server.model.tokenizer import TikTokenTokenizer
+from server.settings import TINY_MODEL_NAME
 from tests.media import videos
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,6 +35,8 @@ MAX_IMAGE_PIXELS = 4_000_000
 MAX_IMAGES = 4
 STARTUP_TIMEOUT_S = 240
 MAX_VIDEO_SECONDS = 10
+MODEL_ALIAS = "kimi-tiny-alias"  # a second --served-model-name of the shared server
+CORS_ORIGIN = "http://app.example"
 
 
 def png(width: int, height: int, color: tuple[int, int, int] = (30, 120, 220)) -> bytes:
@@ -212,6 +215,9 @@ def server(
         "--max-image-pixels", str(MAX_IMAGE_PIXELS),
         "--limit-images-per-request", str(MAX_IMAGES),
         "--max-video-seconds", str(MAX_VIDEO_SECONDS),
+        "--served-model-name", TINY_MODEL_NAME, MODEL_ALIAS,
+        "--cors-origins", CORS_ORIGIN,
+        "--scheduling-policy", "priority",
     ) as running:  # fmt: skip
         yield running
 

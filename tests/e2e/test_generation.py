@@ -17,7 +17,7 @@ from openai.types.chat import ChatCompletionContentPartImageParam, ChatCompletio
 from server.model.image_processing import ImageProcessorConfig, num_image_tokens
 from server.model.tokenizer import TikTokenTokenizer
 from server.settings import TINY_MODEL_NAME
-from tests.e2e.conftest import API_KEY, MediaServer, RunningServer, png
+from tests.e2e.conftest import API_KEY, MODEL_ALIAS, MediaServer, RunningServer, png
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,12 @@ def test_text(client: openai.OpenAI) -> None:
     assert isinstance(result.choices[0].message.content, str)
     assert result.choices[0].finish_reason in ("stop", "length")
     assert result.usage is not None and 0 < result.usage.completion_tokens <= 8
-    assert [m.id for m in client.models.list()] == [MODEL]
+    assert [m.id for m in client.models.list()] == [MODEL, MODEL_ALIAS]
+    alias = client.chat.completions.create(
+        model=MODEL_ALIAS, messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+    )
+    assert alias.model == MODEL  # every alias is accepted; responses carry the first name
+    assert client.models.retrieve(MODEL_ALIAS).id == MODEL_ALIAS
 
 
 def test_streaming_with_usage(client: openai.OpenAI) -> None:

@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager, suppress
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from server.api import chat, completions, health, models, responses, tokenize
+from server.api import chat, completions, health, models, responses, tokenize, ui
 from server.api.auth import APIKeyMiddleware
 from server.api.errors import install_error_handlers
 from server.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
@@ -94,10 +94,15 @@ def create_app(
     )
     for router in routers:
         app.include_router(router)
+    if settings.ui:  # the playground at / (its files need no API key; the API still does)
+        app.include_router(ui.router)
 
     install_error_handlers(app)  # innermost: the last-resort 500 middleware
     app.add_middleware(
-        APIKeyMiddleware, keys=settings.api_keys, open_probes=settings.open_health_and_metrics
+        APIKeyMiddleware,
+        keys=settings.api_keys,
+        open_probes=settings.open_health_and_metrics,
+        open_paths=ui.PUBLIC_PATHS if settings.ui else (),
     )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
     if settings.cors_origins:

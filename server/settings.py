@@ -173,6 +173,9 @@ class Settings(BaseSettings):
     open_health_and_metrics: bool = Field(
         default=True, description="serve /health and /metrics without an API key"
     )
+    ui: bool = Field(
+        default=True, description="serve the web playground at / (chat with images and videos)"
+    )
     cors_origins: CommaList = Field(default_factory=list, description="allowed CORS origins")
     cors_allow_headers: CommaList = Field(
         default_factory=lambda: ["*"],

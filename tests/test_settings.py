@@ -259,6 +259,7 @@ FLAG_CASES: dict[str, tuple[list[str], object]] = {
     "enable_prefix_caching": (["--no-enable-prefix-caching"], False),
     "scheduling_policy": (["--scheduling-policy", "priority"], "priority"),
     "json_whitespace": (["--json-whitespace"], True),
+    "ui": (["--no-ui"], False),
 }
 
 

@@ -2,8 +2,10 @@
 
 A middleware rather than a route dependency, so an unauthenticated request is refused before
 its body is parsed (no 400 that reveals validation details to a caller without a key).
-Health probes and /metrics stay open when `open_health_and_metrics` is set; CORS preflights
-(OPTIONS) pass so browsers can ask before sending the key.
+Health probes and /metrics stay open when `open_health_and_metrics` is set, and so do the
+playground's static files (`open_paths`: exact paths, which hold no secrets; the page asks for
+the key and sends it to the API); CORS preflights (OPTIONS) pass so browsers can ask before
+sending the key.
 """
 
 from __future__ import annotations
@@ -30,10 +32,16 @@ def key_matches(presented: str, keys: Iterable[bytes]) -> bool:
 
 
 class APIKeyMiddleware:
-    def __init__(self, app: ASGIApp, keys: Iterable[str], open_probes: bool) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: Iterable[str],
+        open_probes: bool,
+        open_paths: Iterable[str] = (),
+    ) -> None:
         self.app = app
         self.keys = tuple(key.encode() for key in keys)
-        self.open_paths = PROBE_PATHS if open_probes else frozenset()
+        self.open_paths = (PROBE_PATHS if open_probes else frozenset()) | frozenset(open_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (

@@ -326,9 +326,7 @@ def test_tool_messages_and_calls() -> None:
     assert request.forced_tool == "f" and request.messages[2].role == "tool"
     assert chat(messages=USER, tools=[], tool_choice="required").forced_tool == "*"
     assert chat_error({"messages": [{"role": "tool", "content": "x"}]})[0] == "messages[0]"
-    param, _, _ = chat_error(
-        {"messages": [{"role": "function", "content": "x", "name": "f"}]}
-    )
+    param, _, _ = chat_error({"messages": [{"role": "function", "content": "x", "name": "f"}]})
     assert param == "messages[0].role"
 
 

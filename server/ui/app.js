@@ -17,6 +17,7 @@ const state = {
   attachments: [],  // {kind: "image" | "video", name, url, detail}
   controller: null, // AbortController of the request in flight
   lastBody: null,   // the last request body, for the copy buttons
+  epoch: 0,         // bumped by "Clear conversation": answers to older requests are dropped
 };
 
 function el(tag, props = {}, ...children) {
@@ -221,6 +222,8 @@ function showUser(text, attachments) {
 }
 
 // One assistant answer: reasoning (collapsible, only when there is some), answer, error, stats.
+// Streamed text is buffered and added once per animation frame (appended as text nodes), so a
+// fast stream costs one layout per frame, not one per token.
 function showAssistant() {
   const reasoningText = el("div", { class: "reasoning-text" });
   const reasoning = el("details", { class: "reasoning", open: "" }, el("summary", { text: "Reasoning" }), reasoningText);
@@ -232,21 +235,38 @@ function showAssistant() {
   const node = el("article", { class: "msg assistant" }, el("div", { class: "role", text: "Assistant" }), reasoning, answer, error, stats);
   $("conversation").append(node);
   scrollDown();
-  return {
-    addReasoning(text) {
+  const pending = { reasoning: "", answer: "" };
+  let scheduled = false;
+  let collapsed = false;
+  const flush = () => {
+    scheduled = false;
+    const box = $("conversation");
+    const following = box.scrollHeight - box.scrollTop - box.clientHeight < 80;
+    if (pending.reasoning) {
       reasoning.hidden = false;
-      reasoningText.textContent += text;
-      scrollDown();
-    },
-    addAnswer(text) {
-      answer.textContent += text;
-      scrollDown();
-    },
-    answer: () => answer.textContent,
-    collapseReasoning() {
-      reasoning.open = false;
-    },
+      reasoningText.append(pending.reasoning);
+    }
+    if (pending.answer) {
+      if (!collapsed) reasoning.open = false; // the answer began: fold the reasoning once
+      collapsed = true;
+      answer.append(pending.answer);
+    }
+    pending.reasoning = pending.answer = "";
+    if (following) scrollDown();
+  };
+  const add = (part, text) => {
+    pending[part] += text;
+    if (!scheduled) {
+      scheduled = true;
+      requestAnimationFrame(flush);
+    }
+  };
+  return {
+    addReasoning: (text) => add("reasoning", text),
+    addAnswer: (text) => add("answer", text),
+    answer: () => answer.textContent + pending.answer,
     showError(err) {
+      flush();
       error.hidden = false;
       const prefix = err.status ? `HTTP ${err.status}` : "Error";
       error.replaceChildren(
@@ -255,7 +275,8 @@ function showAssistant() {
       );
       scrollDown();
     },
-    setStats(text) {
+    finish(text) {
+      flush();
       stats.textContent = text;
     },
   };
@@ -328,10 +349,7 @@ async function stream(body, view) {
         if (run.first === null) run.first = run.last;
       }
       if (delta.reasoning_content) view.addReasoning(delta.reasoning_content);
-      if (delta.content) {
-        view.collapseReasoning();
-        view.addAnswer(delta.content);
-      }
+      if (delta.content) view.addAnswer(delta.content);
       if (choice.finish_reason) run.finish = choice.finish_reason;
     }
   } catch (err) {
@@ -343,7 +361,7 @@ async function stream(body, view) {
   } finally {
     state.controller = null;
     setBusy(false);
-    view.setStats(statsLine(run));
+    view.finish(statsLine(run));
   }
   return failed && !view.answer() ? null : view.answer();
 }
@@ -374,7 +392,9 @@ async function send() {
   renderAttachments();
   state.lastBody = body;
   $("copy-curl").disabled = $("copy-python").disabled = false;
+  const epoch = state.epoch;
   const answer = await stream(body, showAssistant());
+  if (epoch !== state.epoch) return;
   if (answer === null || answer === "") {
     userNode.classList.add("failed"); // not part of the conversation the next request sends
     return;
@@ -384,6 +404,7 @@ async function send() {
 
 function clearConversation() {
   if (state.controller) state.controller.abort();
+  state.epoch += 1;
   state.history = [];
   $("conversation").replaceChildren($("empty"));
   $("empty").hidden = false;
@@ -515,10 +536,11 @@ async function start() {
   if (config.api_key_required && !apiKey()) {
     setStatus("This server needs an API key: enter it on the left.");
     $("api-key").focus();
-    return;
+  } else {
+    await loadModels();
+    $("prompt").focus();
   }
-  await loadModels();
-  $("prompt").focus();
+  document.body.dataset.state = "ready"; // for the browser tests
 }
 
 start().catch((err) => setStatus(`Could not start: ${err.message}`, true));

@@ -59,6 +59,10 @@ def chrome_options(
     ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # "none": chromedriver otherwise treats the page as still loading while a fetch streams
+    # (each command after Enter blocked until the answer was complete); Page.open waits for
+    # the page's own start-up itself.
+    options.page_load_strategy = "none"
     return options
 
 
@@ -100,8 +104,8 @@ class Page:
 
     def open(self) -> Page:
         self.driver.get(self.base_url + "/")
-        wait_for(lambda: self.driver.execute_script("return document.readyState") == "complete",
-                 10, "the page to load")  # fmt: skip
+        ready = "return document.body !== null && document.body.dataset.state === 'ready'"
+        wait_for(lambda: self.driver.execute_script(ready), 10, "the page to start")
         return self
 
     def by_id(self, element_id: str) -> WebElement:
@@ -131,10 +135,12 @@ class Page:
         self.by_id("files").send_keys("\n".join(str(p) for p in paths))
 
     def ask(self, text: str) -> None:
-        """Type the question and press Enter (Enter sends)."""
+        """Type the question, press Enter (Enter sends) and wait for its answer to appear."""
+        before = len(self.answers())
         prompt = self.by_id("prompt")
         prompt.send_keys(text)
         prompt.send_keys(Keys.ENTER)
+        wait_for(lambda: len(self.answers()) > before, 10, "the request to start")
 
     def clear(self) -> None:
         self.by_id("clear").click()
@@ -147,7 +153,7 @@ class Page:
 
     def text_of(self, selector: str) -> str:
         """textContent (also of hidden elements; .text only sees rendered text)."""
-        return str(self.last(selector).get_attribute("textContent"))
+        return str(self.last(selector).get_property("textContent") or "")
 
     def wait_done(self, timeout: float = 60) -> str:
         """Wait until the last answer has its stats line (set when the request ends)."""

@@ -118,21 +118,33 @@ def test_requests_need_the_key(browser: webdriver.Chrome, real: RunningServer) -
     assert "completion 4 tok" in stats and page.text_of(".answer")
 
 
+# Samples the last answer's length at every animation frame until its stats line appears; in
+# the page, since on a busy machine WebDriver round trips can stall for a second or more.
+RECORD_FRAMES = """
+    window.answerLengths = [];
+    const last = (selector) => [...document.querySelectorAll(selector)].pop();
+    const sample = () => {
+        const answer = last("#conversation .answer");
+        if (answer) window.answerLengths.push(answer.textContent.length);
+        const stats = last("#conversation .stats");
+        if (!(stats && stats.textContent)) requestAnimationFrame(sample);
+    };
+    requestAnimationFrame(sample);
+"""
+
+
 @pytest.mark.slow
 def test_text_answer_streams(page: Page) -> None:
     page.clear()
-    settings(page, max_tokens=200, extra={"ignore_eos": True})
+    settings(page, max_tokens=300, extra={"ignore_eos": True})
+    page.driver.execute_script(RECORD_FRAMES)
     page.ask("Tell me a long story.")
-    lengths = []
-    while not (page.answers() and page.text_of(".stats")):
-        if page.answers():
-            lengths.append(len(page.text_of(".answer")))
-        time.sleep(0.02)
-    final = page.text_of(".answer")
-    growing = sorted({n for n in lengths if 0 < n < len(final)})
-    assert len(growing) >= 5, f"the answer did not grow over several polls: {lengths}"
-    stats = page.text_of(".stats")
-    assert "completion 200 tok" in stats and "TTFT" in stats and "tok/s" in stats, stats
+    stats = page.wait_done()
+    final = len(page.text_of(".answer"))
+    frames = page.driver.execute_script("return window.answerLengths")
+    growing = sorted({n for n in frames if 0 < n < final})
+    assert len(growing) >= 5, f"the answer did not grow over several frames: {frames}"
+    assert "completion 300 tok" in stats and "TTFT" in stats and "tok/s" in stats, stats
     assert page.console_errors() == []
 
 
@@ -250,7 +262,8 @@ def test_copied_curl_and_python_run(page: Page, real: RunningServer, tmp_path: P
     assert '"detail": "low"' in curl and "$KIMI_VL_API_KEY" in curl and KEY not in curl
     ran = subprocess.run(["bash", "-c", curl], env=env, capture_output=True, text=True, timeout=60)
     assert ran.returncode == 0, ran.stderr
-    assert '"completion_tokens":5' in ran.stdout and ran.stdout.rstrip().endswith("data: [DONE]")
+    assert re.search(r'"completion_tokens": ?5\b', ran.stdout), ran.stdout[-2000:]
+    assert ran.stdout.rstrip().endswith("data: [DONE]")
 
     page.by_id("copy-python").click()
     python = page.by_id("snippet").get_attribute("value") or ""

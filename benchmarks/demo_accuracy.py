@@ -7,7 +7,9 @@ asks every task's questions through the `openai` SDK (temperature 0): images as 
 videos as `video_url` data URLs of one-frame-per-second MP4s (the server's default sampling keeps
 every frame), media first, then the question. Seeds are held-out (odd) seeds at `--offset`,
 never used in training. JSON: `tasks` (task -> {`accuracy`, `n`}), `overall`, `server_s`
-(seconds from launch until the server was ready), plus `eval_s` and the run's settings.
+(seconds from launch until the server was ready), plus `eval_s` and the run's settings;
+`--agreement` serves in fp32 and adds how often the served answer equals the training
+implementation's for the same bytes (an end-to-end check of media decoding and prompt rendering).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ sys.path.insert(0, str(REPO))
 from server.model.demo import CHECKPOINT_DIR  # noqa: E402
 from server.model.demo.checkpoint import SERVED_MODEL_NAME  # noqa: E402
 from server.model.demo.tasks import TASKS, Sample, heldout_seed, make_sample  # noqa: E402
-from server.model.demo.video import encode_mp4  # noqa: E402
+from server.model.demo.video import decode_mp4, encode_mp4  # noqa: E402
 
 STARTUP_TIMEOUT_S = 600
 DEFAULT_OFFSET = 1000  # away from the seeds the training run's own evaluations use
@@ -47,13 +49,24 @@ def png_url(image: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def mp4_url(frames: list[Image.Image]) -> str:
-    return "data:video/mp4;base64," + base64.b64encode(encode_mp4(frames)).decode("ascii")
+def mp4_url(data: bytes) -> str:
+    return "data:video/mp4;base64," + base64.b64encode(data).decode("ascii")
 
 
-def messages(sample: Sample) -> list[dict]:
+def as_sent(sample: Sample) -> tuple[list[dict], Sample]:
+    """The chat messages for a sample, and the sample as the server will see it (video frames
+    after the MP4 round trip), for the training implementation's side of `--agreement`."""
+    if not sample.frames:
+        return messages(sample), sample
+    data = encode_mp4(sample.frames)
+    seen = Sample(sample.task, sample.question, sample.answer, sample.thought,
+                  frames=decode_mp4(data), scenes=sample.scenes)  # fmt: skip
+    return messages(sample, data), seen
+
+
+def messages(sample: Sample, video: bytes | None = None) -> list[dict]:
     parts: list[dict] = (
-        [{"type": "video_url", "video_url": {"url": mp4_url(sample.frames)}}]
+        [{"type": "video_url", "video_url": {"url": mp4_url(video or encode_mp4(sample.frames))}}]
         if sample.frames
         else [{"type": "image_url", "image_url": {"url": png_url(im)}} for im in sample.images]
     )
@@ -67,10 +80,14 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(model: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+def start_server(
+    model: Path, port: int, log_path: Path, extra: list[str]
+) -> subprocess.Popen[bytes]:
     argv = [
         sys.executable, "-m", "server", "--model", str(model),
         "--served-model-name", SERVED_MODEL_NAME, "--port", str(port), "--log-level", "warning",
+        # a CPU engine reserves this share of the machine's memory; the demo needs little
+        "--gpu-memory-utilization", "0.3", "--kv-cache-space-gib", "1", *extra,
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("KIMI_VL_")}
     with open(log_path, "wb") as log:
@@ -103,39 +120,66 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def ask(client, sample: Sample) -> bool:  # type: ignore[no-untyped-def]
+def ask(client, msgs: list[dict]) -> str:  # type: ignore[no-untyped-def]
     reply = client.chat.completions.create(
-        model=SERVED_MODEL_NAME, messages=messages(sample), temperature=0.0, max_tokens=8
+        model=SERVED_MODEL_NAME, messages=msgs, temperature=0.0, max_tokens=8
     )
-    return (reply.choices[0].message.content or "").strip() == sample.answer
+    return (reply.choices[0].message.content or "").strip()
 
 
-def run(model: Path, n: int, offset: int, concurrency: int, log_path: Path) -> dict:
+def training_impl_answers(model_dir: Path, samples: list[Sample]) -> list[str]:
+    """Greedy answers of the plain-PyTorch implementation (fp32) for the same inputs."""
+    from server.model.demo import checkpoint
+    from server.model.demo.evaluate import generate
+    from server.model.demo.train import load_builder
+
+    builder = load_builder(model_dir)
+    model = checkpoint.load(model_dir)
+    end = builder.ids["<|im_end|>"]
+    out: list[str] = []
+    for k in range(0, len(samples), 8):
+        enc = [builder.encode(s) for s in samples[k : k + 8]]
+        out += [builder.answer_from(g.token_ids) for g in generate(model, enc, end, 0, 8)]
+    return out
+
+
+def run(
+    model: Path, n: int, offset: int, concurrency: int, log_path: Path, agreement: bool
+) -> dict:
     from openai import OpenAI
 
     port = _free_port()
     base_url = f"http://127.0.0.1:{port}"
+    extra = ["--dtype", "float32"] if agreement else []
     launched = time.perf_counter()
-    process = start_server(model, port, log_path)
+    process = start_server(model, port, log_path, extra)
+    tasks: dict[str, dict[str, float]] = {}
+    agree: dict[str, float] = {}
     try:
         wait_ready(base_url, process, log_path)
         server_s = time.perf_counter() - launched
         client = OpenAI(base_url=base_url + "/v1", api_key="unused", timeout=300)
         started = time.perf_counter()
-        tasks: dict[str, dict[str, float]] = {}
         with ThreadPoolExecutor(concurrency) as pool:
             for task in TASKS:
                 samples = [make_sample(task, heldout_seed(i, offset)) for i in range(n)]
-                hits = list(pool.map(lambda s: ask(client, s), samples))
+                sent = [as_sent(s) for s in samples]
+                answers = list(pool.map(lambda m: ask(client, m), [m for m, _ in sent]))
+                hits = [a == s.answer for a, s in zip(answers, samples, strict=True)]
                 tasks[task] = {"accuracy": sum(hits) / n, "n": n}
-                print(f"{task:>13}: {tasks[task]['accuracy']:.3f} (n={n})", flush=True)  # noqa: T201
+                line = f"{task:>13}: {tasks[task]['accuracy']:.3f} (n={n})"
+                if agreement:
+                    mine = training_impl_answers(model, [seen for _, seen in sent])
+                    agree[task] = sum(a == b for a, b in zip(answers, mine, strict=True)) / n
+                    line += f", same answer as the training implementation: {agree[task]:.3f}"
+                print(line, flush=True)  # noqa: T201
         eval_s = time.perf_counter() - started
     finally:
         stop(process)
     overall = sum(v["accuracy"] * v["n"] for v in tasks.values()) / sum(
         v["n"] for v in tasks.values()
     )
-    return {
+    result = {
         "tasks": tasks,
         "overall": overall,
         "server_s": round(server_s, 1),
@@ -143,6 +187,9 @@ def run(model: Path, n: int, offset: int, concurrency: int, log_path: Path) -> d
         "model": str(model),
         "seed_offset": offset,
     }
+    if agreement:
+        result["agreement_with_training_impl"] = agree
+    return result
 
 
 def main() -> None:
@@ -155,8 +202,14 @@ def main() -> None:
     ap.add_argument(
         "--log", type=Path, default=Path(tempfile.gettempdir()) / "demo_accuracy_server.log"
     )
+    ap.add_argument(
+        "--agreement",
+        action="store_true",
+        help="serve in fp32 and also report how often the server's answer equals the "
+        "training implementation's for the same input",
+    )
     args = ap.parse_args()
-    result = run(args.model, args.n, args.offset, args.concurrency, args.log)
+    result = run(args.model, args.n, args.offset, args.concurrency, args.log, args.agreement)
     text = json.dumps(result, indent=2)
     print(text)  # noqa: T201
     if args.json:

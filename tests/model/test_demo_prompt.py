@@ -100,7 +100,7 @@ def test_targets_end_the_turn_and_thinking_splits_into_reasoning(
     plain = builder.encode(sample).target_ids
     assert plain[-1] == end and tokenizer.decode(plain[:-1]) == sample.answer
     thought = builder.encode(sample, thinking=True).target_ids
-    text = tokenizer.decode(thought[:-1])
+    text = str(tokenizer.decode(thought[:-1]))
     assert text.startswith(THINK_START) and THINK_END in text
     assert text == target_text(sample, thinking=True)
     assert split_reasoning(text) == (sample.thought, sample.answer)

@@ -50,7 +50,7 @@ class DemoTokenizer(Protocol):
 
     def convert_tokens_to_ids(self, tokens: str) -> Any: ...
 
-    def decode(self, token_ids: list[int], skip_special_tokens: bool = ...) -> str: ...
+    def decode(self, token_ids: Any, skip_special_tokens: bool = ..., **kwargs: Any) -> Any: ...
 
 
 @dataclass
@@ -147,7 +147,7 @@ class PromptBuilder:
         end = self.ids["<|im_end|>"]
         if end in generated:
             generated = generated[: generated.index(end)]
-        text = self.tok.decode(generated, skip_special_tokens=True)
+        text = str(self.tok.decode(generated, skip_special_tokens=True))
         if THINK_END in text:
             text = text[text.index(THINK_END) + len(THINK_END) :]
         return text.strip()

@@ -63,9 +63,14 @@ class ImageBudget:
 
 
 def fit_image(image: Image.Image, detail: str, budget: ImageBudget) -> PreparedImage:
-    """Downscale `image` to the budget of `detail` and count its tokens. Blocking (PIL)."""
+    """Downscale `image` to the budget of `detail` and count its tokens. Blocking (PIL).
+
+    At the model's own limit the downscale is done here (less data to the engine) only when the
+    processor will leave the result alone: its size can round to a few patches over the limit,
+    and the processor would then shrink a second time, which is not the reference
+    preprocessing. Such an image goes to the engine as it is, for the processor's one downscale.
+    """
     limit = budget.patch_limit(detail)
-    width, height = image.width, image.height
     while True:
         cfg = dataclasses.replace(budget.model, in_token_limit=limit)
         width, height = resized_size(image.width, image.height, cfg)
@@ -76,6 +81,12 @@ def fit_image(image: Image.Image, detail: str, budget: ImageBudget) -> PreparedI
         if detail != "low" or tokens <= LOW_DETAIL_MAX_TOKENS or limit <= 1:
             break
         limit = max(1, int(limit * 0.9))
+    if limit >= budget.model.in_token_limit and resized_size(width, height, budget.model) != (
+        width,
+        height,
+    ):
+        width, height = image.size
+        tokens = num_image_tokens(width, height, budget.model)
     try:
         check_grid(width, height, budget.model)
     except ImageTooLargeError as exc:

@@ -12,7 +12,16 @@ from server.serving.images import LOW_DETAIL_MAX_TOKENS, ImageBudget, check_imag
 from server.serving.prompt import ImageRef
 
 BUDGET = ImageBudget.from_preprocessor(PREPROCESSOR_CONFIG)
-SIZES = [(32, 24), (64, 64), (1000, 800), (800, 1000), (3000, 2000), (1919, 1081), (4000, 300)]
+SIZES = [
+    (32, 24),
+    (64, 64),
+    (1000, 800),
+    (800, 1000),
+    (3000, 2000),
+    (1919, 1081),
+    (4000, 300),
+    (3252, 919),  # one downscale still rounds to 4114 patches: the processor would shrink again
+]
 
 
 def _image(w: int, h: int) -> Image.Image:
@@ -22,11 +31,16 @@ def _image(w: int, h: int) -> Image.Image:
 @pytest.mark.parametrize(("w", "h"), SIZES)
 def test_auto_keeps_the_model_budget(w: int, h: int) -> None:
     prepared = fit_image(_image(w, h), "auto", BUDGET)
-    # Exactly the processor's own downscale (done here, so less data goes to the engine).
-    assert prepared.image.size == resized_size(w, h, BUDGET.model)
-    assert resized_size(*prepared.image.size, BUDGET.model) == prepared.image.size
+    # What the engine's processor ends with is exactly one downscale of the original: done here
+    # (less data to the engine) when the processor keeps it, else left to the processor.
+    single = resized_size(w, h, BUDGET.model)
+    assert resized_size(*prepared.image.size, BUDGET.model) == single
+    assert prepared.image.size == (
+        single if resized_size(*single, BUDGET.model) == single else (w, h)
+    )
     assert prepared.num_tokens == num_image_tokens(w, h, BUDGET.model)
-    assert prepared.num_tokens <= BUDGET.model.in_token_limit // 4 + 64  # padding slack
+    # Padding to 28 px, and the int truncation of the one downscale, may exceed the limit a bit.
+    assert prepared.num_tokens <= BUDGET.model.in_token_limit // 4 + 96
 
 
 @pytest.mark.parametrize(("w", "h"), SIZES)

@@ -18,6 +18,7 @@ const state = {
   controller: null, // AbortController of the request in flight
   lastBody: null,   // the last request body, for the copy buttons
   epoch: 0,         // bumped by "Clear conversation": answers to older requests are dropped
+  keyRequired: false,
 };
 
 function el(tag, props = {}, ...children) {
@@ -239,6 +240,7 @@ function showAssistant() {
   let scheduled = false;
   let collapsed = false;
   const flush = () => {
+    if (!scheduled) return;
     scheduled = false;
     const box = $("conversation");
     const following = box.scrollHeight - box.scrollTop - box.clientHeight < 80;
@@ -259,6 +261,7 @@ function showAssistant() {
     if (!scheduled) {
       scheduled = true;
       requestAnimationFrame(flush);
+      setTimeout(flush, 100); // frames can be scarce (busy machine, hidden tab): text still flows
     }
   };
   return {
@@ -515,11 +518,17 @@ function wire() {
   });
   $("api-key").addEventListener("change", () => {
     storeKey();
-    loadModels();
+    if (apiKey() || !state.keyRequired) loadModels();
+    else askForKey();
   });
   $("remember-key").addEventListener("change", storeKey);
   $("copy-curl").addEventListener("click", () => copySnippet(curlSnippet, "curl"));
   $("copy-python").addEventListener("click", () => copySnippet(pythonSnippet, "Python"));
+}
+
+function askForKey() {
+  $("model").replaceChildren();
+  setStatus("This server needs an API key: enter it on the left.");
 }
 
 async function start() {
@@ -532,9 +541,10 @@ async function start() {
   $("video-fps").max = String(config.video.max_fps);
   $("video-frames").placeholder = String(config.video.max_frames);
   $("video-frames").max = String(config.video.max_frames);
-  $("key-box").hidden = !config.api_key_required;
-  if (config.api_key_required && !apiKey()) {
-    setStatus("This server needs an API key: enter it on the left.");
+  state.keyRequired = config.api_key_required;
+  $("key-box").hidden = !state.keyRequired;
+  if (state.keyRequired && !apiKey()) {
+    askForKey();
     $("api-key").focus();
   } else {
     await loadModels();

@@ -103,6 +103,7 @@ class Page:
     base_url: str
 
     def open(self) -> Page:
+        self.driver.get_log("browser")  # drop what earlier pages logged
         self.driver.get(self.base_url + "/")
         ready = "return document.body !== null && document.body.dataset.state === 'ready'"
         wait_for(lambda: self.driver.execute_script(ready), 10, "the page to start")
@@ -123,8 +124,8 @@ class Page:
         )
 
     def model_names(self) -> list[str]:
-        options = self.by_id("model").find_elements(By.TAG_NAME, "option")
-        return [str(o.get_attribute("value")) for o in options]
+        script = "return [...document.querySelectorAll('#model option')].map((o) => o.value)"
+        return list(self.driver.execute_script(script))
 
     def enter_key(self, key: str) -> None:
         field = self.by_id("api-key")
@@ -132,7 +133,11 @@ class Page:
         field.send_keys(key + Keys.TAB)  # leaving the field stores the key and loads the models
 
     def attach(self, *paths: Path) -> None:
+        """Pick files with the file input; wait until their thumbnails are shown."""
+        count = "return document.querySelectorAll('#attachments .chip').length"
+        before = self.driver.execute_script(count)
         self.by_id("files").send_keys("\n".join(str(p) for p in paths))
+        wait_for(lambda: self.driver.execute_script(count) == before + len(paths), 10, "files")
 
     def ask(self, text: str) -> None:
         """Type the question, press Enter (Enter sends) and wait for its answer to appear."""
@@ -157,8 +162,12 @@ class Page:
 
     def wait_done(self, timeout: float = 60) -> str:
         """Wait until the last answer has its stats line (set when the request ends)."""
+        # Polled slowly: each WebDriver command takes the renderer's time from the stream.
         return wait_for(
-            lambda: self.text_of(".stats") if self.answers() else None, timeout, "the answer"
+            lambda: self.text_of(".stats") if self.answers() else None,
+            timeout,
+            "the answer",
+            poll=0.5,
         )
 
     def alert_text(self) -> str | None:

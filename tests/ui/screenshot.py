@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from tests.e2e.conftest import running_server
-from tests.ui.conftest import Page, start_browser, wait_for
+from tests.ui.conftest import WINDOW, Page, start_browser, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 QUESTION = "What color is the circle?"
@@ -35,7 +35,7 @@ def optimise(png: bytes) -> bytes:
     """The screenshot as an adaptive-palette PNG (a flat UI loses nothing visible)."""
     out = io.BytesIO()
     image = Image.open(io.BytesIO(png)).convert("RGB")
-    image.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)
+    image.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(out, "PNG", optimize=True)
     return out.getvalue()
 
 
@@ -50,6 +50,11 @@ def main(argv: list[str]) -> None:
         with running_server(work, *args.server_flags) as server:
             driver = start_browser(work / "profile")
             try:
+                width, height = WINDOW  # the viewport itself, not the window around it
+                driver.execute_cdp_cmd(
+                    "Emulation.setDeviceMetricsOverride",
+                    {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+                )
                 page = Page(driver, server.base_url).open()
                 wait_for(page.model_names, 10, "the model list")
                 page.set_field("max-tokens", str(args.max_tokens))

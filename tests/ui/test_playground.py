@@ -178,43 +178,6 @@ def test_attached_png_reaches_the_server(page: Page, real: RunningServer, tmp_pa
     assert with_image - text_only == block + num_image_tokens(96, 64, cfg)
 
 
-# Clicks Stop from inside the page once the answer is well under way, and notes when: WebDriver
-# commands sent while the browser is busy streaming can stall for seconds on 2 cores.
-STOP_WHEN_UNDER_WAY = """
-    const box = document.getElementById("conversation");
-    window.stoppedAt = null;
-    new MutationObserver((_, observer) => {
-        const answer = [...box.querySelectorAll(".answer")].pop();
-        if (answer && answer.textContent.length > 200) {
-            observer.disconnect();
-            window.stoppedAt = performance.timeOrigin + performance.now();
-            document.getElementById("stop").click();
-        }
-    }).observe(box, {childList: true, subtree: true, characterData: true});
-"""
-
-
-@pytest.mark.slow
-def test_stop_aborts_generation(page: Page, real: RunningServer) -> None:
-    page.clear()
-    settings(page, max_tokens=1500, extra=LONG_PLAIN_ANSWER)
-    generated_before = real.metric("vllm:generation_tokens_total")
-    page.driver.execute_script(STOP_WHEN_UNDER_WAY)
-    page.ask("Write forever.")
-    assert "stopped" in page.wait_done(60)
-    assert page.driver.execute_script("return window.stoppedAt") is not None
-    wait_for(lambda: real.metric("vllm:num_requests_running") == 0, 5, "the engine to stop")
-    generated = real.metric("vllm:generation_tokens_total") - generated_before
-    time.sleep(1.0)
-    assert real.metric("vllm:generation_tokens_total") - generated_before == generated
-    assert 0 < generated < 1500, f"{generated} of 1500 tokens generated: not stopped early"
-    length = len(page.text_of(".answer"))
-    time.sleep(0.3)
-    assert len(page.text_of(".answer")) == length
-    assert page.by_id("send").is_enabled() and not page.by_id("stop").is_enabled()
-    assert page.console_errors() == []
-
-
 @pytest.mark.slow
 def test_oversized_image_shows_the_error(page: Page, tmp_path: Path) -> None:
     page.clear()

@@ -217,7 +217,6 @@ def server(
         "--max-video-seconds", str(MAX_VIDEO_SECONDS),
         "--served-model-name", TINY_MODEL_NAME, MODEL_ALIAS,
         "--cors-origins", CORS_ORIGIN,
-        "--scheduling-policy", "priority",
     ) as running:  # fmt: skip
         yield running
 

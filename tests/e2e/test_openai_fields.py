@@ -268,13 +268,18 @@ def test_legacy_echo(client: openai.OpenAI) -> None:
     assert "".join(c.choices[0].text for c in stream if c.choices).startswith("Once upon")
 
 
-def test_priority_and_cache_salt_are_accepted(client: openai.OpenAI) -> None:
-    """Both reach the engine (tests/api checks the values it receives); on this CPU engine MLA
-    turns prefix caching off, so a salt cannot change the cached-token count here."""
+def test_cache_salt_and_priority(client: openai.OpenAI) -> None:
+    """The salt reaches the engine (tests/api checks the value it receives); on this CPU engine
+    MLA turns prefix caching off, so it cannot change the cached-token count here. `priority`
+    needs --scheduling-policy priority (tests/engine/test_vllm_check.py), which this server
+    does not run: a clear 400 before any output."""
     greedy = {"max_tokens": 4, "temperature": 0.0, **FULL}
     plain = chat(client, **greedy).choices[0].message.content
-    salted = chat(client, cache_salt="tenant-a", priority=-2, **greedy)
+    salted = chat(client, cache_salt="tenant-a", **greedy)
     assert salted.choices[0].message.content == plain
+    with pytest.raises(openai.BadRequestError) as info:
+        chat(client, priority=-2, stream=True, **greedy)
+    assert info.value.body["param"] == "priority"  # type: ignore[index]
 
 
 def test_mm_processor_kwargs_budget(client: openai.OpenAI) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,3 +52,10 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
 def write_json(path: str | os.PathLike[str], report: Any) -> None:
     """The run's figures as indented JSON (the `--json PATH` of every benchmark)."""
     Path(path).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on now (for a server a benchmark starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

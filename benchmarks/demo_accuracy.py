@@ -20,7 +20,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.common import free_port  # noqa: E402
 from server.model.demo import CHECKPOINT_DIR  # noqa: E402
 from server.model.demo.checkpoint import SERVED_MODEL_NAME  # noqa: E402
 from server.model.demo.tasks import TASKS, Sample, heldout_seed, make_sample  # noqa: E402
@@ -72,12 +72,6 @@ def messages(sample: Sample, video: bytes | None = None) -> list[dict]:
     )
     parts.append({"type": "text", "text": sample.question})
     return [{"role": "user", "content": parts}]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_server(
@@ -148,7 +142,7 @@ def run(
 ) -> dict:
     from openai import OpenAI
 
-    port = _free_port()
+    port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     extra = ["--dtype", "float32"] if agreement else []
     launched = time.perf_counter()

@@ -27,7 +27,6 @@ import io
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,7 +40,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from benchmarks.common import write_json
+from benchmarks.common import free_port, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 SERVED_NAME = "bench-model"
@@ -53,12 +52,6 @@ IMAGE_SIZES = [(224, 224), (320, 240), (448, 336), (640, 480), (256, 512)]
 def say(text: str) -> None:
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _png_data_url(width: int, height: int, rng: random.Random) -> str:
@@ -171,7 +164,7 @@ def launched(
     name: str, argv: list[str], ready_path: str, env: dict[str, str], log: Path
 ) -> Iterator[Server]:
     """Start a server, wait until `ready_path` answers 200, yield it; stop it on exit."""
-    port = _free_port()
+    port = free_port()
     started = time.monotonic()
     with open(log, "wb") as out:
         process = subprocess.Popen(

@@ -143,7 +143,9 @@ def test_text_answer_streams(page: Page) -> None:
     final = len(page.text_of(".answer"))
     growth = [(t, n) for t, n in page.driver.execute_script("return window.growth") if n]
     partial = sorted({n for _, n in growth if n < final})
-    assert len(partial) >= 5, f"the answer did not grow in several steps: {growth}"
+    # Two partial states before the last is streaming; how many more depends on how the browser
+    # batches network reads on a busy machine (four in one 2-core CI run, dozens when quiet).
+    assert len(partial) >= 2, f"the answer did not grow in several steps: {growth}"
     assert growth[-1][0] - growth[0][0] > 200, f"the answer came all at once: {growth}"
     assert "completion 600 tok" in stats and "TTFT" in stats and "tok/s" in stats, stats
     assert page.console_errors() == []

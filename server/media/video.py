@@ -140,6 +140,7 @@ def decode_video(
         picked: list[tuple[float, Image.Image]] = []
         last: tuple[float, av.VideoFrame] | None = None
         decoded = 0
+        next_target = 0
         try:
             for frame in container.decode(stream):
                 decoded += 1
@@ -151,9 +152,13 @@ def decode_video(
                     else decoded / max(options.fps, 1e-6)
                 )
                 last = (t, frame)
-                while len(picked) < len(targets) and t + 1e-6 >= targets[len(picked)]:
+                if t + 1e-6 >= targets[next_target]:
+                    # Each decoded frame is taken once: asking for more frames per second than
+                    # the video has yields its frames, not copies of them.
                     picked.append((t, frame.to_image()))
-                if len(picked) == len(targets):
+                    while next_target < len(targets) and t + 1e-6 >= targets[next_target]:
+                        next_target += 1
+                if next_target == len(targets):
                     break
         except av.error.FFmpegError as exc:
             if not picked and last is None:

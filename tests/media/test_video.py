@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from server.media.video import (
@@ -47,6 +48,13 @@ def test_containers_decode_at_requested_fps(make) -> None:  # type: ignore[no-un
     for frame, t in zip(v.frames, v.timestamps, strict=True):
         bright = (frame[:, :, 0] > 150).any(axis=0).nonzero()[0]
         assert abs(int(bright.min()) - (int(round(t * 10)) * 7) % 88) <= 3
+
+
+def test_fps_above_the_videos_takes_each_frame_once() -> None:
+    v = decode(videos.mp4(seconds=4.0, fps=2), fps=10.0)
+    assert v.timestamps == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5], abs=0.01)
+    assert len(v.frames) == 8
+    assert all(not np.array_equal(a, b) for a, b in zip(v.frames, v.frames[1:]))
 
 
 def test_max_frames_spreads_samples() -> None:

@@ -101,10 +101,13 @@ def _pairs(parts: list[bytes]) -> list[tuple[bytes, bytes]]:
 
 
 @lru_cache(maxsize=8)
-def learn_merges(seed: int, max_merges: int = MAX_MERGES) -> tuple[bytes, ...]:
-    """Byte-level BPE over the corpus's pre-tokenised pieces; equal pair counts are ordered
-    by a seeded hash, so each seed gives its own deterministic merge list."""
-    pieces = Counter(regex.findall(PAT_STR, _CORPUS, flags=regex.V1))
+def learn_merges(
+    seed: int, max_merges: int = MAX_MERGES, extra_corpus: str = ""
+) -> tuple[bytes, ...]:
+    """Byte-level BPE over the corpus's pre-tokenised pieces (the built-in corpus, then
+    `extra_corpus`); equal pair counts are ordered by a seeded hash, so each seed gives its own
+    deterministic merge list."""
+    pieces = Counter(regex.findall(PAT_STR, _CORPUS + extra_corpus, flags=regex.V1))
     words = [([bytes([b]) for b in piece.encode("utf-8")], n) for piece, n in pieces.items()]
     salt = seed.to_bytes(8, "little", signed=True)
     counts: Counter[tuple[bytes, bytes]] = Counter()
@@ -142,13 +145,13 @@ def learn_merges(seed: int, max_merges: int = MAX_MERGES) -> tuple[bytes, ...]:
     return tuple(merged)
 
 
-def regular_tokens(num_base_tokens: int, seed: int) -> list[bytes]:
+def regular_tokens(num_base_tokens: int, seed: int, extra_corpus: str = "") -> list[bytes]:
     """Bytes of ranks 0..num_base_tokens-1: the 256 single bytes, learned merges, then filler.
 
     Filler tokens are "░" + decimal rank: the pre-tokeniser always cuts "░" from digits, so they
     are never produced by encoding and the learned tokenisation is the same for every size."""
     tokens = [bytes([b]) for b in range(256)]
-    tokens += learn_merges(seed)[: max(0, num_base_tokens - 256)]
+    tokens += learn_merges(seed, MAX_MERGES, extra_corpus)[: max(0, num_base_tokens - 256)]
     tokens += [f"░{rank}".encode() for rank in range(len(tokens), num_base_tokens)]
     return tokens
 
@@ -180,8 +183,13 @@ def _tokenizer_config(num_base: int) -> dict[str, Any]:
     }
 
 
-def write_tokenizer_files(out_dir: Path, *, real_vocab: bool, seed: int = 0) -> dict[str, int]:
+def write_tokenizer_files(
+    out_dir: Path, *, real_vocab: bool, seed: int = 0, extra_corpus: str = ""
+) -> dict[str, int]:
     """Write `tiktoken.model`, `tokenizer_config.json` and `chat_template.jinja` into out_dir.
+
+    `extra_corpus` is text the BPE also learns from (the demo model's task words, so that each
+    answer is one token).
 
     real_vocab=True pads the regular vocabulary to 163584 tokens so special ids are the real
     ones (163584..163839). Returns the ids a checkpoint's config.json needs."""
@@ -189,7 +197,7 @@ def write_tokenizer_files(out_dir: Path, *, real_vocab: bool, seed: int = 0) -> 
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = (
         f"{base64.b64encode(tok).decode('ascii')} {rank}\n"
-        for rank, tok in enumerate(regular_tokens(num_base, seed))
+        for rank, tok in enumerate(regular_tokens(num_base, seed, extra_corpus))
     )
     (out_dir / "tiktoken.model").write_text("".join(lines), encoding="ascii")
     config_text = json.dumps(_tokenizer_config(num_base), indent=2, ensure_ascii=False) + "\n"

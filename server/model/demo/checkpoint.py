@@ -17,6 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 from server.model.demo.model import KimiVL
+from server.model.demo.prompt import DEFAULT_SYSTEM_PROMPT, THINKING_SYSTEM_PROMPT
+from server.model.demo.tasks import COLORS, DIRECTIONS, ORDINALS, QUESTIONS, SHAPES
 from server.model.tiny import PREPROCESSOR_CONFIG, model_config, write_model_files
 from server.model.tiny_tokenizer import write_tokenizer_files
 
@@ -38,8 +40,8 @@ TEXT_DIMS = {
     "intermediate_size": 256,
     "moe_intermediate_size": 64,
     "num_hidden_layers": 4,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
     "qk_nope_head_dim": 32,
     "v_head_dim": 32,
     "n_routed_experts": 8,
@@ -62,9 +64,26 @@ def preprocessor_config() -> dict:
     return {**PREPROCESSOR_CONFIG, "in_token_limit": IN_TOKEN_LIMIT}
 
 
+def task_corpus() -> str:
+    """Text of the demo tasks for the tokenizer's BPE: every answer on a line of its own (many
+    times, so each becomes one token: the model decides an answer in one step), the question
+    templates filled in, the thinking sentences and the system prompts."""
+    answers = [*COLORS, *SHAPES, *DIRECTIONS, *ORDINALS, *(str(n) for n in range(1, 7))]
+    lines = [a for a in answers for _ in range(40)]
+    for color in COLORS:
+        for shape in SHAPES:
+            lines += [q.format(color=color, shape=shape) for q in QUESTIONS.values()] * 2
+            lines += [f"I see a {color} {shape}. The {color} {shape} is on the left."]
+    lines += [f"{d} {o}" for d in DIRECTIONS for o in ORDINALS]
+    lines += [DEFAULT_SYSTEM_PROMPT, THINKING_SYSTEM_PROMPT, "image", "video"] * 10
+    return "\n".join(lines) + "\n"
+
+
 def write_tokenizer(out: Path) -> dict:
     """Tokenizer files + chat template into `out`; returns the ids config.json needs."""
-    return write_tokenizer_files(out, real_vocab=False, seed=TOKENIZER_SEED)
+    return write_tokenizer_files(
+        out, real_vocab=False, seed=TOKENIZER_SEED, extra_corpus=task_corpus()
+    )
 
 
 def checkpoint_tensors(model: KimiVL) -> dict[str, torch.Tensor]:

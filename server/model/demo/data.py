@@ -9,15 +9,30 @@ client's MP4 upload does on its way to the server.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from server.model.demo.model import Batch
 from server.model.demo.prompt import Encoded, PromptBuilder
-from server.model.demo.tasks import TASKS, Sample, make_sample, train_seed
+from server.model.demo.tasks import (
+    COLORS,
+    ORDINALS,
+    QUESTIONS,
+    SHAPES,
+    TASKS,
+    Sample,
+    Shape,
+    make_sample,
+    train_seed,
+)
 from server.model.demo.video import decode_mp4, encode_mp4
+from server.model.image_processing import ImageProcessorConfig, grid_size, resized_size
+
+# Per image token, what the vision tower is taught to see (an auxiliary loss, training only):
+# 0 background, else 1 + colour index * 3 + shape index; and whether a shape's centre is in it.
+_COLOR_INDEX = {c: i for i, c in enumerate(COLORS)}
 
 TASK_WEIGHTS: dict[str, float] = {
     "color": 1.0,
@@ -29,6 +44,7 @@ TASK_WEIGHTS: dict[str, float] = {
     "color_change": 1.0,
 }
 THINKING_FRACTION = 0.15
+MAX_FOLLOW_UPS = 3
 TEXT_FIRST_FRACTION = 0.1
 VIDEO_ROUND_TRIP_FRACTION = 0.5
 
@@ -38,6 +54,57 @@ class Draw:
     sample: Sample
     thinking: bool
     text_first: bool
+    follow_ups: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _unique(items: list[str]) -> list[str]:
+    return [x for x in dict.fromkeys(items) if items.count(x) == 1]
+
+
+def _image_questions(scene: list[Shape], width: int) -> list[tuple[str, str]]:
+    """Every templated question the scene of one image answers unambiguously."""
+    out = [(QUESTIONS["count"], str(len(scene)))]
+    for kind in _unique([s.kind for s in scene]):
+        color = next(s.color for s in scene if s.kind == kind)
+        out.append((QUESTIONS["color"].format(shape=kind), color))
+    for color in _unique([s.color for s in scene]):
+        kind = next(s.kind for s in scene if s.color == color)
+        out.append((QUESTIONS["shape"].format(color=color), kind))
+    if len(scene) == 2 and abs(scene[0].cx - scene[1].cx) >= 0.3 * width:
+        for s, o in ((scene[0], scene[1]), (scene[1], scene[0])):
+            if (s.kind, s.color) != (o.kind, o.color):
+                side = "left" if s.cx < o.cx else "right"
+                out.append((QUESTIONS["position"].format(color=s.color, shape=s.kind), side))
+    return out
+
+
+def _questions(sample: Sample) -> list[tuple[str, str]]:
+    """All questions about the sample's media with one right answer (its own included)."""
+    if sample.frames:
+        first, last = sample.scenes[0][0], sample.scenes[-1][0]
+        out = [(QUESTIONS["color_change"].format(shape=first.kind), last.color)]
+        dx, dy = last.x - first.x, last.y - first.y
+        if max(abs(dx), abs(dy)) >= 4 and min(abs(dx), abs(dy)) == 0:
+            way = ("left" if dx < 0 else "right") if dx else ("up" if dy < 0 else "down")
+            out.append((QUESTIONS["motion"].format(shape=first.kind), way))
+        return out
+    if len(sample.images) == 1:
+        return _image_questions(sample.scenes[0], sample.images[0].width)
+    pairs = [sorted({(s.color, s.kind) for s in scene}) for scene in sample.scenes]
+    out = []
+    for color, kind in sorted({p for ps in pairs for p in ps}):
+        where = [i for i, ps in enumerate(pairs) if (color, kind) in ps]
+        if len(where) == 1:
+            q = QUESTIONS["multi_image"].format(color=color, shape=kind)
+            out.append((q, ORDINALS[where[0]]))
+    return out
+
+
+def follow_ups(sample: Sample, rng: np.random.Generator) -> list[tuple[str, str]]:
+    """Up to MAX_FOLLOW_UPS other questions about the same media, in random order."""
+    others = [qa for qa in _questions(sample) if qa[0] != sample.question]
+    order = rng.permutation(len(others))[:MAX_FOLLOW_UPS]
+    return [others[i] for i in order]
 
 
 def draw(run_seed: int, index: int, tasks: tuple[str, ...] = TASKS) -> Draw:
@@ -48,7 +115,49 @@ def draw(run_seed: int, index: int, tasks: tuple[str, ...] = TASKS) -> Draw:
     sample = make_sample(task, seed)
     if sample.frames and rng.random() < VIDEO_ROUND_TRIP_FRACTION:
         sample.frames = decode_mp4(encode_mp4(sample.frames))
-    return Draw(sample, rng.random() < THINKING_FRACTION, rng.random() < TEXT_FIRST_FRACTION)
+    thinking = rng.random() < THINKING_FRACTION
+    text_first = rng.random() < TEXT_FIRST_FRACTION
+    return Draw(sample, thinking, text_first, [] if thinking else follow_ups(sample, rng))
+
+
+def token_labels(sample: Sample, cfg: ImageProcessorConfig) -> np.ndarray:
+    """[tokens, 6] float labels of the sample's merged image tokens, in prompt order: class
+    (0 background, else 1 + colour index * 3 + shape index), shape centre in the token (0/1),
+    the token centre's x and y as fractions of the image, and the index of the image or frame.
+    A token's class is the shape whose box covers most of it (at least a fifth of the token or
+    of the shape)."""
+    out = []
+    kh, kw = cfg.merge_kernel_size
+    cell_h, cell_w = kh * cfg.patch_size, kw * cfg.patch_size
+    media = sample.frames or sample.images
+    for index, (image, scene) in enumerate(zip(media, sample.scenes, strict=True)):
+        gh, gw = grid_size(image.width, image.height, cfg)
+        w, h = resized_size(image.width, image.height, cfg)
+        sx, sy = w / image.width, h / image.height
+        rows, cols = gh // kh, gw // kw
+        y0 = np.arange(rows)[:, None] * cell_h / sy  # token box in original pixels
+        x0 = np.arange(cols)[None, :] * cell_w / sx
+        y1, x1 = y0 + cell_h / sy, x0 + cell_w / sx
+        best = np.zeros((rows, cols))
+        cls = np.zeros((rows, cols))
+        centre = np.zeros((rows, cols))
+        for s in scene:
+            ox = np.clip(np.minimum(x1, s.x + s.size) - np.maximum(x0, s.x), 0, None)
+            oy = np.clip(np.minimum(y1, s.y + s.size) - np.maximum(y0, s.y), 0, None)
+            area = ox * oy
+            need = 0.2 * np.minimum((x1 - x0) * (y1 - y0), s.size * s.size)
+            take = (area > best) & (area >= need)
+            best = np.where(take, area, best)
+            label = 1 + _COLOR_INDEX[s.color] * len(SHAPES) + SHAPES.index(s.kind)
+            cls = np.where(take, label, cls)
+            r = min(rows - 1, int((s.y + s.size / 2) * sy // cell_h))
+            c = min(cols - 1, int((s.x + s.size / 2) * sx // cell_w))
+            centre[r, c] = 1
+        fx = np.broadcast_to((x0 + x1) / 2 / image.width, (rows, cols))
+        fy = np.broadcast_to((y0 + y1) / 2 / image.height, (rows, cols))
+        idx = np.full((rows, cols), float(index))
+        out.append(np.stack([m.reshape(-1) for m in (cls, centre, fx, fy, idx)], axis=1))
+    return np.concatenate(out) if out else np.zeros((0, 5))
 
 
 @dataclass
@@ -58,6 +167,7 @@ class TrainBatch:
     cols: torch.Tensor  # ... and column (the position that predicts the token)
     targets: torch.Tensor  # token ids to predict
     answer_spans: list[tuple[int, int]]  # per sample: [start, end) into rows/cols/targets
+    token_labels: torch.Tensor | None  # [image tokens, 5] (see token_labels), when all have them
 
 
 def collate(items: list[Encoded], pad_id: int) -> TrainBatch:
@@ -74,20 +184,33 @@ def collate(items: list[Encoded], pad_id: int) -> TrainBatch:
         ids[i, : len(s)] = torch.tensor(s)
         start = len(targets)
         for j, t in enumerate(e.target_ids):
+            if e.target_mask is not None and not e.target_mask[j]:
+                continue
             rows.append(i)
             cols.append(len(e.prompt_ids) - 1 + j)
             targets.append(t)
         spans.append((start, len(targets)))
     pixel = [e.pixel_values for e in items if len(e.grids)]
     grids = [g for e in items for g in e.grids]
+    labels = [e.labels for e in items if len(e.grids)]
     return TrainBatch(
         Batch(ids, torch.from_numpy(np.concatenate(pixel)) if pixel else None, grids),
         torch.tensor(rows),
         torch.tensor(cols),
         torch.tensor(targets),
         spans,
+        torch.from_numpy(np.concatenate([x for x in labels if x is not None])).float()
+        if labels and all(x is not None for x in labels)
+        else None,
     )
 
 
 def encode_draws(builder: PromptBuilder, draws: list[Draw]) -> list[Encoded]:
-    return [builder.encode(d.sample, thinking=d.thinking, text_first=d.text_first) for d in draws]
+    out = []
+    for d in draws:
+        e = builder.encode(
+            d.sample, thinking=d.thinking, text_first=d.text_first, follow_ups=d.follow_ups
+        )
+        e.labels = token_labels(d.sample, builder.cfg)
+        out.append(e)
+    return out

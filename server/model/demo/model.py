@@ -327,11 +327,19 @@ class KimiVL(nn.Module):
         self.multi_modal_projector = Projector(vc["hidden_size"], merge, tc["hidden_size"])
         self.language_model = LanguageModel(tc)
 
-    def embed(self, batch: Batch) -> torch.Tensor:
-        """Token embeddings [B, L, H] with the image features in place of the pads."""
+    def image_features(self, batch: Batch) -> torch.Tensor | None:
+        """Projected features [sum gh*gw/4, H] of the batch's images, in order (None: none)."""
+        if batch.pixel_values is None or not batch.grids:
+            return None
+        return self.multi_modal_projector(self.vision_tower(batch.pixel_values, batch.grids))
+
+    def embed(self, batch: Batch, feats: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings [B, L, H] with the image features (`feats`, or computed here) in
+        place of the pads."""
         x = self.language_model.model.embed_tokens(batch.input_ids)
-        if batch.pixel_values is not None and batch.grids:
-            feats = self.multi_modal_projector(self.vision_tower(batch.pixel_values, batch.grids))
+        if feats is None:
+            feats = self.image_features(batch)
+        if feats is not None:
             mask = batch.input_ids == self.media_pad_id
             if int(mask.sum()) != feats.shape[0]:
                 raise ValueError(f"{int(mask.sum())} placeholders for {feats.shape[0]} features")
@@ -344,9 +352,15 @@ class KimiVL(nn.Module):
             x = layer(x)
         return self.language_model.model.norm(x)
 
-    def logits_at(self, batch: Batch, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    def logits_at(
+        self,
+        batch: Batch,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+        feats: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Logits [K, V] at the K positions (rows[k], cols[k]) only."""
-        h = self.decode(self.embed(batch))
+        h = self.decode(self.embed(batch, feats))
         return self.language_model.lm_head(h[rows, cols]).float()
 
     def moe_layers(self) -> list[MoE]:

@@ -12,12 +12,14 @@ directly, with the request layout the demo uses:
     assistant generation prompt
 
 The training target is the answer followed by `<|im_end|>`; in the thinking variant it is
-`◁think▷{sentence}◁/think▷{answer}<|im_end|>`. Frames are taken at one per second, as the
-server samples a one-frame-per-second clip by default, so frame i is stamped `00:0i`.
+`◁think▷{sentence}◁/think▷{answer}<|im_end|>`. The demo preset samples a clip of up to 30
+frames per second frame for frame, so frame i of a clip at `fps` is stamped with the whole
+seconds of i / fps.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -61,6 +63,8 @@ class Encoded:
     target_ids: list[int]
     pixel_values: np.ndarray  # [sum gh*gw, 3, 14, 14] float32
     grids: list[tuple[int, int]]
+    labels: np.ndarray | None = None  # training only: per image token (data.token_labels)
+    target_mask: list[bool] | None = None  # training only: which target ids carry the loss
 
 
 def target_text(sample: Sample, *, thinking: bool) -> str:
@@ -100,9 +104,12 @@ class PromptBuilder:
         thinking: bool = False,
         text_first: bool = False,
         expand: bool = True,
+        follow_ups: Sequence[tuple[str, str]] = (),
     ) -> Encoded:
         """`expand=False` gives the ids before the processor's expansion (one pad per image
-        block, one video block): what the server hands the engine along with the media."""
+        block, one video block): what the server hands the engine along with the media.
+        `follow_ups` (training) continue the conversation with more questions and answers about
+        the same media; only answer tokens and their `<|im_end|>` are targets."""
         end = self.ids["<|im_end|>"]
         system = THINKING_SYSTEM_PROMPT if thinking else DEFAULT_SYSTEM_PROMPT
         ids = self._turn_head("system") + self.text(system) + [end]
@@ -131,16 +138,26 @@ class PromptBuilder:
             if not expand:
                 continue
             if sample.frames:
-                media += self.tok.encode(format_timestamp(float(i)), add_special_tokens=False)
+                stamp = format_timestamp(i / sample.fps)
+                media += self.tok.encode(stamp, add_special_tokens=False)
             media += self.image_block(n)
         question = self.text(sample.question)
         ids += question + media if text_first else media + question
         ids += [end] + self._turn_head("assistant")
         target = self.text(target_text(sample, thinking=thinking)) + [end]
+        mask = [True] * len(target)
+        for question, answer in follow_ups:  # later turns of the same conversation
+            turn = self._turn_head("user") + self.text(question) + [end]
+            turn += self._turn_head("assistant")
+            reply = self.text(answer) + [end]
+            target += turn + reply
+            mask += [False] * len(turn) + [True] * len(reply)
         pixel_values = (
             np.concatenate(patches) if patches else np.zeros((0, 3, 14, 14), dtype=np.float32)
         )
-        return Encoded(ids, target, pixel_values, grids)
+        return Encoded(
+            ids, target, pixel_values, grids, target_mask=None if not follow_ups else mask
+        )
 
     def answer_from(self, generated: list[int]) -> str:
         """Decoded output up to `<|im_end|>`, reasoning removed: what the API returns as content."""

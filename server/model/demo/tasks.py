@@ -35,6 +35,7 @@ DIRECTIONS = ("left", "right", "up", "down")
 MAX_BACKGROUND = 60
 MIN_SIZE_FRACTION = 0.10
 VIDEO_SHORT_SIDE = (56, 128)
+VIDEO_FPS = (1, 1, 2, 5, 10, 24, 25, 30)
 
 QUESTIONS: dict[str, str] = {
     "color": "What color is the {shape}?",
@@ -72,7 +73,8 @@ class Sample:
     answer: str
     thought: str  # the short sentence of the thinking variant
     images: list[Image.Image] = field(default_factory=list)
-    frames: list[Image.Image] = field(default_factory=list)  # a video at 1 frame per second
+    frames: list[Image.Image] = field(default_factory=list)  # the frames of a video, ...
+    fps: int = 1  # ... at this many frames per second
     scenes: list[list[Shape]] = field(default_factory=list)  # what each image/frame shows
 
     @property
@@ -350,7 +352,8 @@ def _motion_task(rng: np.random.Generator) -> Sample | None:
         return None
     q = QUESTIONS["motion"].format(shape=kind)
     thought = f"The {color} {kind} moves {direction}."
-    return Sample("motion", q, direction, thought, frames=clip[0], scenes=clip[1])
+    fps = int(rng.choice(VIDEO_FPS))
+    return Sample("motion", q, direction, thought, frames=clip[0], fps=fps, scenes=clip[1])
 
 
 def _color_change_task(rng: np.random.Generator) -> Sample | None:
@@ -365,7 +368,8 @@ def _color_change_task(rng: np.random.Generator) -> Sample | None:
         return None
     q = QUESTIONS["color_change"].format(shape=kind)
     thought = f"The {kind} turns from {first} to {last}."
-    return Sample("color_change", q, last, thought, frames=clip[0], scenes=clip[1])
+    fps = int(rng.choice(VIDEO_FPS))
+    return Sample("color_change", q, last, thought, frames=clip[0], fps=fps, scenes=clip[1])
 
 
 def _shuffled(rng: np.random.Generator, items: list[tuple[str, str]]) -> list[tuple[str, str]]:

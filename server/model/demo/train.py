@@ -26,13 +26,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from server.model.demo import checkpoint
-from server.model.demo.data import collate, draw, encode_draws
+from server.model.demo.data import TrainBatch, collate, draw, encode_draws
 from server.model.demo.evaluate import accuracy, heldout_samples
 from server.model.demo.model import KimiVL
 from server.model.demo.prompt import Encoded, PromptBuilder
+from server.model.demo.tasks import COLORS, SHAPES, TASKS
 from server.model.image_processing import ImageProcessorConfig
 from server.model.tokenizer import TikTokenTokenizer
 
@@ -66,19 +68,89 @@ def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+MAX_MEDIA_INDEX = 15
+ORDER_LAYER = 1  # decoder layer whose output at image tokens is taught the image/frame index
+
+
+class TokenProbe(nn.Module):
+    """Training-only heads on image tokens, not exported: they give the model a dense signal
+    long before the answers alone would. On the projected features (the decoder's input): the
+    token's colour and shape, scored against the token embeddings of the colour and shape words
+    (so what the vision tower sees is written in the words the questions use), whether a
+    shape's centre is in the token, and where the token is (x, y fractions). On the output of
+    decoder layer ORDER_LAYER: which image or frame of the request the token belongs to."""
+
+    def __init__(self, hidden: int, color_ids: list[int], shape_ids: list[int]) -> None:
+        super().__init__()
+        self.background = nn.Parameter(torch.zeros(2, hidden))
+        self.centre = nn.Linear(hidden, 1)
+        self.where = nn.Linear(hidden, 2)
+        self.order = nn.Linear(hidden, MAX_MEDIA_INDEX + 1)
+        self.register_buffer("color_ids", torch.tensor(color_ids), persistent=False)
+        self.register_buffer("shape_ids", torch.tensor(shape_ids), persistent=False)
+
+    def loss(
+        self, feats: torch.Tensor, mid: torch.Tensor, labels: torch.Tensor, table: torch.Tensor
+    ) -> torch.Tensor:
+        f = feats.float()
+        cls = labels[:, 0].long()
+        color = torch.where(cls > 0, (cls - 1) // len(SHAPES) + 1, 0)
+        shape = torch.where(cls > 0, (cls - 1) % len(SHAPES) + 1, 0)
+        scale = f.shape[-1] ** -0.5
+        wc = torch.cat([self.background[:1], table[self.color_ids]]).float()
+        ws = torch.cat([self.background[1:], table[self.shape_ids]]).float()
+        total = F.cross_entropy(f @ wc.t() * scale, color, reduction="sum")
+        total = total + F.cross_entropy(f @ ws.t() * scale, shape, reduction="sum")
+        total = total + F.binary_cross_entropy_with_logits(
+            self.centre(f)[:, 0], labels[:, 1], reduction="sum"
+        )
+        total = total + 4 * F.mse_loss(self.where(f), labels[:, 2:4], reduction="sum")
+        order = labels[:, 4].long().clamp(max=MAX_MEDIA_INDEX)
+        return total + F.cross_entropy(self.order(mid.float()), order, reduction="sum")
+
+
+def forward(
+    model: KimiVL, tb: TrainBatch
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Logits at the target positions, the image features, and layer ORDER_LAYER's output at
+    the image tokens (same order as the features)."""
+    feats = model.image_features(tb.batch)
+    x = model.embed(tb.batch, feats)
+    mid = None
+    for i, layer in enumerate(model.language_model.model.layers):
+        x = layer(x)
+        if i == ORDER_LAYER and feats is not None:
+            mid = x[tb.batch.input_ids == model.media_pad_id]
+    h = model.language_model.model.norm(x)
+    return model.language_model.lm_head(h[tb.rows, tb.cols]).float(), feats, mid
+
+
 def train_step(
-    model: KimiVL, builder: PromptBuilder, items: list[Encoded], budget: int
-) -> tuple[float, int]:
-    """Accumulate gradients over micro-batches; returns (mean loss per target token, tokens)."""
-    total = sum(len(e.target_ids) for e in items)
-    loss_sum = 0.0
+    model: KimiVL,
+    items: list[Encoded],
+    budget: int,
+    probe: TokenProbe | None = None,
+    probe_weight: float = 0.0,
+) -> tuple[float, float]:
+    """Accumulate gradients over micro-batches; returns (mean loss per target token, mean probe
+    loss per image token)."""
+    total = sum(len(e.target_ids) if e.target_mask is None else sum(e.target_mask) for e in items)
+    image_tokens = sum(len(e.labels) for e in items if e.labels is not None)
+    loss_sum = probe_sum = 0.0
+    table = model.language_model.model.embed_tokens.weight
     for chunk in micro_batches(items, budget):
         tb = collate(chunk, pad_id=0)
-        logits = model.logits_at(tb.batch, tb.rows, tb.cols)
+        logits, feats, mid = forward(model, tb)
         loss = F.cross_entropy(logits, tb.targets, reduction="sum")
-        (loss / total).backward()
+        objective = loss / total
+        if probe is not None and feats is not None and mid is not None:
+            if tb.token_labels is not None:
+                aux = probe.loss(feats, mid, tb.token_labels, table)
+                objective = objective + probe_weight * aux / max(1, image_tokens)
+                probe_sum += float(aux.detach())
+        objective.backward()
         loss_sum += float(loss.detach())
-    return loss_sum / total, total
+    return loss_sum / total, probe_sum / max(1, image_tokens)
 
 
 def sha256(path: Path) -> str:
@@ -104,35 +176,53 @@ def train(args: argparse.Namespace) -> dict:
         builder = load_builder(Path(tmp))
     model = KimiVL(checkpoint.demo_config(tok))
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_emb" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "pos_emb" not in n)]
+    probe = TokenProbe(
+        model.language_model.model.embed_tokens.embedding_dim,
+        [builder.text(c)[0] for c in COLORS],
+        [builder.text(k)[0] for k in SHAPES],
+    )
+    params = list(model.named_parameters()) + [
+        ("probe." + n, p) for n, p in probe.named_parameters()
+    ]
+    decay = [p for n, p in params if p.ndim >= 2 and "pos_emb" not in n]
+    rest = [p for n, p in params if not (p.ndim >= 2 and "pos_emb" not in n)]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}],
         lr=args.lr,
         betas=(0.9, 0.98),
     )
-    eval_samples = heldout_samples(args.eval_n, offset=EVAL_OFFSET) if args.eval_every else []
+    tasks = tuple(args.tasks.split(",")) if args.tasks else TASKS
+    eval_samples = (
+        [s for s in heldout_samples(args.eval_n, offset=EVAL_OFFSET) if s.task in tasks]
+        if args.eval_every
+        else []
+    )
     bar = tqdm(range(args.steps), desc="train", file=sys.stdout, dynamic_ncols=True)
-    ema = None
+    ema = probe_ema = None
     for step in bar:
         lr = learning_rate(step, args.steps, args.lr, args.warmup)
         for group in opt.param_groups:
             group["lr"] = lr
-        draws = [draw(args.seed, step * args.batch_size + i) for i in range(args.batch_size)]
-        loss, _ = train_step(
-            model, builder, encode_draws(builder, draws), args.tokens_per_micro_batch
+        draws = [draw(args.seed, step * args.batch_size + i, tasks) for i in range(args.batch_size)]
+        loss, probe_loss = train_step(
+            model,
+            encode_draws(builder, draws),
+            args.tokens_per_micro_batch,
+            probe,
+            args.probe_weight,
         )
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         for moe in model.moe_layers():
             moe.balance(BALANCE_RATE)
         ema = loss if ema is None else 0.95 * ema + 0.05 * loss
-        bar.set_postfix(loss=f"{ema:.3f}", lr=f"{lr:.1e}")
+        probe_ema = probe_loss if probe_ema is None else 0.95 * probe_ema + 0.05 * probe_loss
+        bar.set_postfix(loss=f"{ema:.3f}", probe=f"{probe_ema:.3f}", lr=f"{lr:.1e}")
         if args.eval_every and ((step + 1) % args.eval_every == 0 or step + 1 == args.steps):
             acc = accuracy(model, builder, eval_samples)
             line = " ".join(f"{t}={v['accuracy']:.2f}" for t, v in acc.items())
-            bar.write(f"step {step + 1} loss {ema:.4f} held-out: {line}")
+            bar.write(f"step {step + 1} loss {ema:.4f} probe {probe_ema:.4f} held-out: {line}")
     train_s = time.perf_counter() - started
 
     out: Path = args.out
@@ -180,6 +270,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--eval-every", type=int, default=100, help="0 = no progress evaluation")
     ap.add_argument("--eval-n", type=int, default=10, help="progress evaluation: samples per task")
     ap.add_argument("--final-n", type=int, default=100, help="final evaluation: samples per task")
+    ap.add_argument(
+        "--probe-weight", type=float, default=1.0, help="weight of the token probe loss"
+    )
+    ap.add_argument("--tasks", default="", help="comma-separated subset of the tasks (default all)")
     args = ap.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     return args

@@ -8,4 +8,4 @@ Nothing here imports vLLM.
 
 from pathlib import Path
 
-CHECKPOINT_DIR = Path(__file__).with_name("checkpoint")
+CHECKPOINT_DIR = Path(__file__).with_name("weights")

@@ -25,8 +25,9 @@ from server.model.tiny_tokenizer import write_tokenizer_files
 SERVED_MODEL_NAME = "kimi-vl-demo"
 TOKENIZER_SEED = 0
 # Images above this many 14-px patches are downscaled (PIL bicubic) by the processor: at most
-# 64 merged tokens per image or video frame keeps training and serving cheap on CPU.
-IN_TOKEN_LIMIT = 256
+# 25 merged tokens per image or video frame (140x140 px for a square picture) keeps training
+# and serving cheap on CPU, and is plenty for flat shapes of at least a tenth of the picture.
+IN_TOKEN_LIMIT = 100
 NUM_SHARDS = 2
 
 VISION_DIMS = {

@@ -9,6 +9,7 @@ client's MP4 upload does on its way to the server.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -160,6 +161,41 @@ def token_labels(sample: Sample, cfg: ImageProcessorConfig) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, 5))
 
 
+_TEMPLATE_PATTERNS = {
+    task: re.compile(
+        re.escape(q).replace(r"\{shape\}", r"(?P<shape>\w+)").replace(r"\{color\}", r"(?P<color>\w+)")
+        + "$"
+    )
+    for task, q in QUESTIONS.items()
+}
+
+
+def focus_mask(question: str, labels: np.ndarray) -> np.ndarray:
+    """The image tokens (rows of `labels`) showing what `question` is about: the shape it
+    names (or all shapes, to count them); for videos the shape in the first and last frame
+    (motion) or the last frame (colour at the end)."""
+    cls = labels[:, 0].astype(np.int64)
+    shape_of, color_of = (cls - 1) % len(SHAPES), (cls - 1) // len(SHAPES)
+    any_shape = cls > 0
+    for task, pattern in _TEMPLATE_PATTERNS.items():
+        m = pattern.match(question)
+        if m is None:
+            continue
+        named = m.groupdict()
+        keep = any_shape.copy()
+        if "shape" in named:
+            keep &= shape_of == SHAPES.index(named["shape"])
+        if "color" in named:
+            keep &= color_of == _COLOR_INDEX[named["color"]]
+        last = labels[:, 4].max() if len(labels) else 0
+        if task == "motion":
+            keep &= (labels[:, 4] == 0) | (labels[:, 4] == last)
+        elif task == "color_change":
+            keep &= labels[:, 4] == last
+        return keep
+    raise ValueError(f"not a task question: {question!r}")
+
+
 @dataclass
 class TrainBatch:
     batch: Batch
@@ -168,9 +204,12 @@ class TrainBatch:
     targets: torch.Tensor  # token ids to predict
     answer_spans: list[tuple[int, int]]  # per sample: [start, end) into rows/cols/targets
     token_labels: torch.Tensor | None  # [image tokens, 5] (see token_labels), when all have them
+    focus_rows: torch.Tensor  # [K] per answer with a focus: batch row ...
+    focus_cols: torch.Tensor  # [K] ... and the position that predicts its first token
+    focus: torch.Tensor  # [K, L] bool: the positions of the image tokens it is about
 
 
-def collate(items: list[Encoded], pad_id: int) -> TrainBatch:
+def collate(items: list[Encoded], pad_id: int, media_pad_id: int = -1) -> TrainBatch:
     """Right-padded prompt+target sequences; each target token is predicted from the position
     before it."""
     seqs = [e.prompt_ids + e.target_ids[:-1] for e in items]
@@ -190,6 +229,19 @@ def collate(items: list[Encoded], pad_id: int) -> TrainBatch:
             cols.append(len(e.prompt_ids) - 1 + j)
             targets.append(t)
         spans.append((start, len(targets)))
+    f_rows: list[int] = []
+    f_cols: list[int] = []
+    f_masks: list[torch.Tensor] = []
+    for i, (e, s) in enumerate(zip(items, seqs, strict=True)):
+        where = (torch.tensor(s) == media_pad_id).nonzero()[:, 0] if e.focus else None
+        for start, mask in zip(e.answer_starts, e.focus, strict=True):
+            if where is None or not mask.any():
+                continue
+            row = torch.zeros(longest, dtype=torch.bool)
+            row[where[torch.from_numpy(mask)]] = True
+            f_rows.append(i)
+            f_cols.append(len(e.prompt_ids) - 1 + start)
+            f_masks.append(row)
     pixel = [e.pixel_values for e in items if len(e.grids)]
     grids = [g for e in items for g in e.grids]
     labels = [e.labels for e in items if len(e.grids)]
@@ -202,6 +254,9 @@ def collate(items: list[Encoded], pad_id: int) -> TrainBatch:
         torch.from_numpy(np.concatenate([x for x in labels if x is not None])).float()
         if labels and all(x is not None for x in labels)
         else None,
+        torch.tensor(f_rows, dtype=torch.long),
+        torch.tensor(f_cols, dtype=torch.long),
+        torch.stack(f_masks) if f_masks else torch.zeros((0, longest), dtype=torch.bool),
     )
 
 
@@ -212,5 +267,7 @@ def encode_draws(builder: PromptBuilder, draws: list[Draw]) -> list[Encoded]:
             d.sample, thinking=d.thinking, text_first=d.text_first, follow_ups=d.follow_ups
         )
         e.labels = token_labels(d.sample, builder.cfg)
+        questions = [] if d.thinking else [d.sample.question, *(q for q, _ in d.follow_ups)]
+        e.focus = [focus_mask(q, e.labels) for q in questions]
         out.append(e)
     return out

@@ -188,6 +188,8 @@ class MLA(nn.Module):
         self.kv_a_layernorm = RMSNorm(self.rank, tc["rms_norm_eps"])
         self.kv_b_proj = nn.Linear(self.rank, self.heads * (self.nope + self.vdim), bias=False)
         self.o_proj = nn.Linear(self.heads * self.vdim, h, bias=False)
+        self.capture = False
+        self.captured: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, L, H], causal, positions 0..L-1."""
@@ -205,6 +207,8 @@ class MLA(nn.Module):
         k = torch.cat([k_nope, k_pe], dim=-1)
         # v padded to the q/k width: CPU SDPA then takes its fused kernel (same result).
         width = self.nope + self.rope
+        if self.capture:  # training: the attention-focus loss reads this layer's q and k
+            self.captured = (q, k)
         out = F.scaled_dot_product_attention(q, k, F.pad(v, (0, width - self.vdim)), is_causal=True)
         out = out[..., : self.vdim]
         return self.o_proj(out.transpose(1, 2).reshape(b, length, self.heads * self.vdim))
@@ -297,6 +301,10 @@ class TextModel(nn.Module):
     def __init__(self, tc: dict) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(tc["vocab_size"], tc["hidden_size"])
+        # Small like the layers' outputs (GPT-2's 0.02): with PyTorch's N(0, 1) default a token's
+        # own embedding dominates the residual stream, and what attention brings in from the
+        # image tokens stays too faint to learn from.
+        nn.init.normal_(self.embed_tokens.weight, std=0.02)
         self.layers = nn.ModuleList(DecoderLayer(tc, i) for i in range(tc["num_hidden_layers"]))
         self.norm = RMSNorm(tc["hidden_size"], tc["rms_norm_eps"])
 

@@ -20,7 +20,7 @@ seconds of i / fps.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -65,6 +65,10 @@ class Encoded:
     grids: list[tuple[int, int]]
     labels: np.ndarray | None = None  # training only: per image token (data.token_labels)
     target_mask: list[bool] | None = None  # training only: which target ids carry the loss
+    # training only: index in target_ids of each answer's first token (none when thinking),
+    # and per answer the image tokens that hold what it is about (data.focus_mask)
+    answer_starts: list[int] = field(default_factory=list)
+    focus: list[np.ndarray] = field(default_factory=list)
 
 
 def target_text(sample: Sample, *, thinking: bool) -> str:
@@ -146,17 +150,24 @@ class PromptBuilder:
         ids += [end] + self._turn_head("assistant")
         target = self.text(target_text(sample, thinking=thinking)) + [end]
         mask = [True] * len(target)
+        starts = [] if thinking else [0]
         for question, answer in follow_ups:  # later turns of the same conversation
             turn = self._turn_head("user") + self.text(question) + [end]
             turn += self._turn_head("assistant")
             reply = self.text(answer) + [end]
+            starts.append(len(target) + len(turn))
             target += turn + reply
             mask += [False] * len(turn) + [True] * len(reply)
         pixel_values = (
             np.concatenate(patches) if patches else np.zeros((0, 3, 14, 14), dtype=np.float32)
         )
         return Encoded(
-            ids, target, pixel_values, grids, target_mask=None if not follow_ups else mask
+            ids,
+            target,
+            pixel_values,
+            grids,
+            target_mask=None if not follow_ups else mask,
+            answer_starts=starts,
         )
 
     def answer_from(self, generated: list[int]) -> str:

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from server.model.demo import checkpoint
 from server.model.demo.data import TrainBatch, collate, draw, encode_draws
 from server.model.demo.evaluate import accuracy, heldout_samples
-from server.model.demo.model import KimiVL
+from server.model.demo.model import MLA, KimiVL
 from server.model.demo.prompt import Encoded, PromptBuilder
 from server.model.demo.tasks import COLORS, SHAPES, TASKS
 from server.model.image_processing import ImageProcessorConfig
@@ -69,6 +69,7 @@ def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
 
 
 MAX_MEDIA_INDEX = 15
+FOCUS_LAYER = 1  # decoder layer whose head 0 is taught where to look for each answer
 ORDER_LAYER = 1  # decoder layer whose output at image tokens is taught the image/frame index
 
 
@@ -80,27 +81,23 @@ class TokenProbe(nn.Module):
     shape's centre is in the token, and where the token is (x, y fractions). On the output of
     decoder layer ORDER_LAYER: which image or frame of the request the token belongs to."""
 
-    def __init__(self, hidden: int, color_ids: list[int], shape_ids: list[int]) -> None:
+
+
+    def __init__(self, hidden: int) -> None:
         super().__init__()
-        self.background = nn.Parameter(torch.zeros(2, hidden))
+        self.color = nn.Linear(hidden, len(COLORS) + 1)
+        self.shape = nn.Linear(hidden, len(SHAPES) + 1)
         self.centre = nn.Linear(hidden, 1)
         self.where = nn.Linear(hidden, 2)
         self.order = nn.Linear(hidden, MAX_MEDIA_INDEX + 1)
-        self.register_buffer("color_ids", torch.tensor(color_ids), persistent=False)
-        self.register_buffer("shape_ids", torch.tensor(shape_ids), persistent=False)
 
-    def loss(
-        self, feats: torch.Tensor, mid: torch.Tensor, labels: torch.Tensor, table: torch.Tensor
-    ) -> torch.Tensor:
+    def loss(self, feats: torch.Tensor, mid: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         f = feats.float()
         cls = labels[:, 0].long()
         color = torch.where(cls > 0, (cls - 1) // len(SHAPES) + 1, 0)
         shape = torch.where(cls > 0, (cls - 1) % len(SHAPES) + 1, 0)
-        scale = f.shape[-1] ** -0.5
-        wc = torch.cat([self.background[:1], table[self.color_ids]]).float()
-        ws = torch.cat([self.background[1:], table[self.shape_ids]]).float()
-        total = F.cross_entropy(f @ wc.t() * scale, color, reduction="sum")
-        total = total + F.cross_entropy(f @ ws.t() * scale, shape, reduction="sum")
+        total = F.cross_entropy(self.color(f), color, reduction="sum")
+        total = total + F.cross_entropy(self.shape(f), shape, reduction="sum")
         total = total + F.binary_cross_entropy_with_logits(
             self.centre(f)[:, 0], labels[:, 1], reduction="sum"
         )
@@ -125,31 +122,55 @@ def forward(
     return model.language_model.lm_head(h[tb.rows, tb.cols]).float(), feats, mid
 
 
+def focus_loss(model: KimiVL, tb: TrainBatch) -> torch.Tensor:
+    """Summed -log(attention weight on the tokens the question is about), of head 0 of decoder
+    layer FOCUS_LAYER at the position that predicts each answer's first token."""
+    attn = model.language_model.model.layers[FOCUS_LAYER].self_attn
+    assert isinstance(attn, MLA) and attn.captured is not None
+    q, k = attn.captured
+    if tb.focus_rows.numel() == 0:
+        return q.new_zeros(())
+    qs = q[tb.focus_rows, 0, tb.focus_cols].float()  # [K, D]
+    ks = k[tb.focus_rows, 0].float()  # [K, L, D]
+    logits = torch.einsum("kd,kld->kl", qs, ks) * qs.shape[-1] ** -0.5
+    causal = torch.arange(ks.shape[1])[None, :] <= tb.focus_cols[:, None]
+    logp = torch.log_softmax(logits.masked_fill(~causal, float("-inf")), dim=-1)
+    on = torch.logsumexp(logp.masked_fill(~tb.focus, float("-inf")), dim=-1)
+    return -on.sum()
+
+
 def train_step(
     model: KimiVL,
     items: list[Encoded],
     budget: int,
     probe: TokenProbe | None = None,
     probe_weight: float = 0.0,
+    focus_weight: float = 0.0,
 ) -> tuple[float, float]:
     """Accumulate gradients over micro-batches; returns (mean loss per target token, mean probe
     loss per image token)."""
+    attn = model.language_model.model.layers[FOCUS_LAYER].self_attn
+    assert isinstance(attn, MLA)
+    attn.capture = focus_weight > 0
+    answers = sum(len(e.focus) for e in items)
     total = sum(len(e.target_ids) if e.target_mask is None else sum(e.target_mask) for e in items)
     image_tokens = sum(len(e.labels) for e in items if e.labels is not None)
     loss_sum = probe_sum = 0.0
-    table = model.language_model.model.embed_tokens.weight
     for chunk in micro_batches(items, budget):
-        tb = collate(chunk, pad_id=0)
+        tb = collate(chunk, pad_id=0, media_pad_id=model.media_pad_id)
         logits, feats, mid = forward(model, tb)
         loss = F.cross_entropy(logits, tb.targets, reduction="sum")
         objective = loss / total
+        if focus_weight > 0:
+            objective = objective + focus_weight * focus_loss(model, tb) / max(1, answers)
         if probe is not None and feats is not None and mid is not None:
             if tb.token_labels is not None:
-                aux = probe.loss(feats, mid, tb.token_labels, table)
+                aux = probe.loss(feats, mid, tb.token_labels)
                 objective = objective + probe_weight * aux / max(1, image_tokens)
                 probe_sum += float(aux.detach())
         objective.backward()
         loss_sum += float(loss.detach())
+    attn.capture, attn.captured = False, None
     return loss_sum / total, probe_sum / max(1, image_tokens)
 
 
@@ -176,11 +197,7 @@ def train(args: argparse.Namespace) -> dict:
         builder = load_builder(Path(tmp))
     model = KimiVL(checkpoint.demo_config(tok))
     model.train()
-    probe = TokenProbe(
-        model.language_model.model.embed_tokens.embedding_dim,
-        [builder.text(c)[0] for c in COLORS],
-        [builder.text(k)[0] for k in SHAPES],
-    )
+    probe = TokenProbe(model.language_model.model.embed_tokens.embedding_dim)
     params = list(model.named_parameters()) + [
         ("probe." + n, p) for n, p in probe.named_parameters()
     ]
@@ -210,6 +227,7 @@ def train(args: argparse.Namespace) -> dict:
             args.tokens_per_micro_batch,
             probe,
             args.probe_weight,
+            args.focus_weight,
         )
         torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
         opt.step()
@@ -273,6 +291,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--probe-weight", type=float, default=1.0, help="weight of the token probe loss"
     )
+    ap.add_argument("--focus-weight", type=float, default=1.0, help="weight of the focus loss")
     ap.add_argument("--tasks", default="", help="comma-separated subset of the tasks (default all)")
     args = ap.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

@@ -1,7 +1,8 @@
-"""Demo clips as MP4 (H.264, yuv420p, one frame per second) and back, with PyAV.
+"""Demo clips as MP4 (H.264, yuv420p) and back, with PyAV.
 
-One frame per second matters: the server samples a video at 1 fps by default, so every frame
-of such a clip reaches the model, stamped `00:00`, `00:01`, ... as in training.
+The demo preset samples videos at up to 30 frames per second, each decoded frame at most once,
+so every frame of a clip at 30 fps or less reaches the model, stamped with its time as in
+training.
 """
 
 from __future__ import annotations

@@ -2,21 +2,22 @@
 
     python benchmarks/demo_accuracy.py [--json PATH] [--n 100] [--model DIR] [--offset K]
 
-Starts `python -m server --model DIR --served-model-name kimi-vl-demo`, waits for /ready, and
-asks every task's questions through the `openai` SDK (temperature 0): images as PNG data URLs,
-videos as `video_url` data URLs of one-frame-per-second MP4s (the server's default sampling keeps
-every frame), media first, then the question. Seeds are held-out (odd) seeds at `--offset`,
-never used in training. JSON: `tasks` (task -> {`accuracy`, `n`}), `overall`, `server_s`
-(seconds from launch until the server was ready), plus `eval_s` and the run's settings;
-`--agreement` serves in fp32 and adds how often the served answer equals the training
-implementation's for the same bytes (an end-to-end check of media decoding and prompt rendering).
+Starts `python -m server --preset demo --model DIR --served-model-name kimi-vl-demo` (what
+`kimi-vl-serve` with no arguments serves), waits for /ready, and asks every task's questions
+through the `openai` SDK (temperature 0) as server/model/demo/client.py writes them: images as
+PNG data URLs, videos as `video_url` data URLs of H.264 MP4s at the clip's frame rate, media
+first, then the question. Seeds are held-out (odd) seeds at `--offset`, never used in training.
+JSON: `tasks` (task -> {`accuracy`, `n`}), `overall`, `server_s` (seconds from launch until the
+server was ready), plus `eval_s` and the run's settings. `--dtype bfloat16` serves in bf16 (the
+preset serves fp32); `--agreement` adds how often the served answer equals the training
+implementation's (fp32) for the same bytes: an end-to-end check of media decoding and prompt
+rendering.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import io
+import dataclasses
 import json
 import os
 import signal
@@ -28,7 +29,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.common import free_port  # noqa: E402
 from server.model.demo import CHECKPOINT_DIR  # noqa: E402
 from server.model.demo.checkpoint import SERVED_MODEL_NAME  # noqa: E402
+from server.model.demo.client import sample_messages  # noqa: E402
 from server.model.demo.tasks import TASKS, Sample, heldout_seed, make_sample  # noqa: E402
 from server.model.demo.video import decode_mp4, encode_mp4  # noqa: E402
 
@@ -43,45 +44,22 @@ STARTUP_TIMEOUT_S = 600
 DEFAULT_OFFSET = 1000  # away from the seeds the training run's own evaluations use
 
 
-def png_url(image: Image.Image) -> str:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def mp4_url(data: bytes) -> str:
-    return "data:video/mp4;base64," + base64.b64encode(data).decode("ascii")
-
-
 def as_sent(sample: Sample) -> tuple[list[dict], Sample]:
     """The chat messages for a sample, and the sample as the server will see it (video frames
     after the MP4 round trip), for the training implementation's side of `--agreement`."""
     if not sample.frames:
-        return messages(sample), sample
-    data = encode_mp4(sample.frames)
-    seen = Sample(sample.task, sample.question, sample.answer, sample.thought,
-                  frames=decode_mp4(data), scenes=sample.scenes)  # fmt: skip
-    return messages(sample, data), seen
-
-
-def messages(sample: Sample, video: bytes | None = None) -> list[dict]:
-    parts: list[dict] = (
-        [{"type": "video_url", "video_url": {"url": mp4_url(video or encode_mp4(sample.frames))}}]
-        if sample.frames
-        else [{"type": "image_url", "image_url": {"url": png_url(im)}} for im in sample.images]
-    )
-    parts.append({"type": "text", "text": sample.question})
-    return [{"role": "user", "content": parts}]
+        return sample_messages(sample), sample
+    seen = dataclasses.replace(sample, frames=decode_mp4(encode_mp4(sample.frames, sample.fps)))
+    return sample_messages(sample), seen
 
 
 def start_server(
     model: Path, port: int, log_path: Path, extra: list[str]
 ) -> subprocess.Popen[bytes]:
     argv = [
-        sys.executable, "-m", "server", "--model", str(model),
+        sys.executable, "-m", "server", "--preset", "demo", "--model", str(model),
         "--served-model-name", SERVED_MODEL_NAME, "--port", str(port), "--log-level", "warning",
-        # a CPU engine reserves this share of the machine's memory; the demo needs little
-        "--gpu-memory-utilization", "0.3", "--kv-cache-space-gib", "1", *extra,
+        *extra,
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("KIMI_VL_")}
     with open(log_path, "wb") as log:
@@ -138,13 +116,19 @@ def training_impl_answers(model_dir: Path, samples: list[Sample]) -> list[str]:
 
 
 def run(
-    model: Path, n: int, offset: int, concurrency: int, log_path: Path, agreement: bool
+    model: Path,
+    n: int,
+    offset: int,
+    concurrency: int,
+    log_path: Path,
+    agreement: bool,
+    dtype: str | None = None,
 ) -> dict:
     from openai import OpenAI
 
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
-    extra = ["--dtype", "float32"] if agreement else []
+    extra = ["--dtype", dtype] if dtype else []
     launched = time.perf_counter()
     process = start_server(model, port, log_path, extra)
     tasks: dict[str, dict[str, float]] = {}
@@ -179,6 +163,7 @@ def run(
         "server_s": round(server_s, 1),
         "eval_s": round(eval_s, 1),
         "model": str(model),
+        "dtype": dtype or "float32",
         "seed_offset": offset,
     }
     if agreement:
@@ -199,11 +184,14 @@ def main() -> None:
     ap.add_argument(
         "--agreement",
         action="store_true",
-        help="serve in fp32 and also report how often the server's answer equals the "
-        "training implementation's for the same input",
+        help="also report how often the server's answer equals the training "
+        "implementation's for the same input",
     )
+    ap.add_argument("--dtype", default=None, help="serve in this dtype (the preset: float32)")
     args = ap.parse_args()
-    result = run(args.model, args.n, args.offset, args.concurrency, args.log, args.agreement)
+    result = run(
+        args.model, args.n, args.offset, args.concurrency, args.log, args.agreement, args.dtype
+    )
     text = json.dumps(result, indent=2)
     print(text)  # noqa: T201
     if args.json:

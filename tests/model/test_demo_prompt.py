@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -14,8 +16,16 @@ from server.model.demo.prompt import (
     PromptBuilder,
     target_text,
 )
-from server.model.demo.tasks import heldout_seed, make_sample
+from server.model.demo.tasks import (
+    COLORS,
+    DIRECTIONS,
+    ORDINALS,
+    SHAPES,
+    heldout_seed,
+    make_sample,
+)
 from server.model.image_processing import ImageProcessorConfig, num_image_tokens
+from server.model.media_format import format_timestamp
 from server.model.tokenizer import TikTokenTokenizer
 from server.protocol.chat import ChatMessage
 from server.serving.prompt import SpecialIds, render_prompt
@@ -82,14 +92,43 @@ def test_expansion_adds_each_images_token_count(builder: PromptBuilder) -> None:
     assert full.pixel_values.shape[0] == sum(h * w for h, w in full.grids)
 
 
-def test_video_frames_carry_one_second_timestamps(
+@pytest.mark.parametrize("fps", [1, 2, 10, 30])
+def test_video_frames_carry_their_timestamps(
+    builder: PromptBuilder, tokenizer: TikTokenTokenizer, fps: int
+) -> None:
+    """Frame i of a clip at `fps` is stamped with the whole seconds of i / fps, as the server
+    stamps each decoded frame with its time."""
+    sample = dataclasses.replace(make_sample("motion", heldout_seed(2)), fps=fps)
+    text = str(tokenizer.decode(builder.encode(sample).prompt_ids))
+    stamps = re.findall(r"(\d\d:\d\d)<\|media_start\|>image", text)
+    assert stamps == [format_timestamp(i / fps) for i in range(len(sample.frames))]
+
+
+def test_every_answer_is_one_token(builder: PromptBuilder) -> None:
+    answers = [*COLORS, *SHAPES, *DIRECTIONS, *ORDINALS, *(str(n) for n in range(1, 7))]
+    assert all(len(builder.text(a)) == 1 for a in answers)
+    assert len({builder.text(a)[0] for a in answers}) == len(answers)
+
+
+def test_follow_ups_continue_the_conversation_with_answer_targets(
     builder: PromptBuilder, tokenizer: TikTokenTokenizer
 ) -> None:
-    sample = make_sample("motion", heldout_seed(2))
-    text = tokenizer.decode(builder.encode(sample).prompt_ids)
-    stamps = [f"00:{i:02d}<|media_start|>image" for i in range(len(sample.frames))]
-    assert all(s in text for s in stamps)
-    assert f"00:{len(sample.frames):02d}" not in text
+    sample = make_sample("count", heldout_seed(4))
+    more = [("What color is the circle?", "red"), ("How many shapes are there?", "2")]
+    single = builder.encode(sample)
+    both = builder.encode(sample, follow_ups=more)
+    assert both.prompt_ids == single.prompt_ids
+    assert both.target_ids[: len(single.target_ids)] == single.target_ids
+    assert both.target_mask is not None and single.target_mask is None
+    scored = [t for t, m in zip(both.target_ids, both.target_mask, strict=True) if m]
+    end = builder.ids["<|im_end|>"]
+    assert scored == [*builder.text(sample.answer), end, *builder.text("red"), end,
+                      *builder.text("2"), end]  # fmt: skip
+    text = str(tokenizer.decode(both.target_ids))
+    assert text.endswith(
+        "<|im_user|>user<|im_middle|>How many shapes are there?<|im_end|>"
+        "<|im_assistant|>assistant<|im_middle|>2<|im_end|>"
+    )
 
 
 def test_targets_end_the_turn_and_thinking_splits_into_reasoning(

@@ -154,6 +154,9 @@ class Projector(nn.Module):
         self.pre_norm = nn.LayerNorm(vision_hidden, eps=1e-5)
         self.linear_1 = nn.Linear(vision_hidden * merge, vision_hidden * merge)
         self.linear_2 = nn.Linear(vision_hidden * merge, text_hidden)
+        # Image features start at the scale of the token embeddings (N(0, 1)), so an image
+        # token's own content is not drowned by what the decoder layers add to it.
+        nn.init.normal_(self.linear_2.weight, std=4 * (vision_hidden * merge) ** -0.5)
 
     def forward(self, merged: torch.Tensor) -> torch.Tensor:
         return self.linear_2(F.gelu(self.linear_1(self.pre_norm(merged).flatten(1))))
@@ -301,10 +304,6 @@ class TextModel(nn.Module):
     def __init__(self, tc: dict) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(tc["vocab_size"], tc["hidden_size"])
-        # Small like the layers' outputs (GPT-2's 0.02): with PyTorch's N(0, 1) default a token's
-        # own embedding dominates the residual stream, and what attention brings in from the
-        # image tokens stays too faint to learn from.
-        nn.init.normal_(self.embed_tokens.weight, std=0.02)
         self.layers = nn.ModuleList(DecoderLayer(tc, i) for i in range(tc["num_hidden_layers"]))
         self.norm = RMSNorm(tc["hidden_size"], tc["rms_norm_eps"])
 

@@ -36,7 +36,7 @@ def engine_prompt(sample: Sample, raw: Encoded) -> dict:
             "video": [
                 (
                     np.stack([np.asarray(f) for f in sample.frames]),
-                    {"timestamps": [float(i) for i in range(len(sample.frames))]},
+                    {"timestamps": [i / sample.fps for i in range(len(sample.frames))]},
                 )
             ]
         }

@@ -1,0 +1,94 @@
+"""Training-only supervision of the demo model: follow-up questions and per-token labels are
+right about the pictures they describe."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from server.model.demo.checkpoint import preprocessor_config
+from server.model.demo.data import _questions, draw, follow_ups, token_labels
+from server.model.demo.tasks import (
+    COLORS,
+    QUESTIONS,
+    SHAPES,
+    TASKS,
+    heldout_seed,
+    make_sample,
+)
+from server.model.image_processing import ImageProcessorConfig, grid_size, resized_size
+
+CFG = ImageProcessorConfig.from_dict(preprocessor_config())
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_questions_include_the_samples_own_and_follow_templates(task: str) -> None:
+    templates = [q.split("{")[0] for q in QUESTIONS.values()]
+    for i in range(15):
+        sample = make_sample(task, heldout_seed(i))
+        qs = _questions(sample)
+        assert (sample.question, sample.answer) in qs
+        assert len({q for q, _ in qs}) == len(qs)  # one answer per question
+        assert all(any(q.startswith(t) for t in templates) for q, _ in qs)
+
+
+def test_follow_up_answers_follow_from_the_scene() -> None:
+    rng = np.random.default_rng(0)
+    checked = 0
+    for i in range(40):
+        sample = make_sample("count", heldout_seed(i))
+        scene = sample.scenes[0]
+        for q, a in follow_ups(sample, rng):
+            assert q != sample.question
+            if q.startswith("What color is the "):
+                kind = q.removeprefix("What color is the ").removesuffix("?")
+                assert [s.color for s in scene if s.kind == kind] == [a]
+            elif q.startswith("What shape is "):
+                color = q.removeprefix("What shape is ").removesuffix("?")
+                assert [s.kind for s in scene if s.color == color] == [a]
+            checked += 1
+    assert checked > 20
+
+
+def test_motion_follow_up_asks_the_colour_at_the_end() -> None:
+    sample = make_sample("motion", heldout_seed(1))
+    qa = dict(_questions(sample))
+    assert qa[QUESTIONS["color_change"].format(shape=sample.scenes[0][0].kind)] == (
+        sample.scenes[-1][0].color
+    )
+
+
+def test_thinking_draws_have_no_follow_ups() -> None:
+    draws = [draw(0, i) for i in range(60)]
+    assert any(d.follow_ups for d in draws)
+    assert all(not d.follow_ups for d in draws if d.thinking)
+
+
+def test_token_labels_mark_the_shapes_where_they_are() -> None:
+    sample = make_sample("color", heldout_seed(5))
+    labels = token_labels(sample, CFG)
+    image = sample.images[0]
+    gh, gw = grid_size(image.width, image.height, CFG)
+    rows, cols = gh // 2, gw // 2
+    assert labels.shape == (rows * cols, 5)
+    cls = labels[:, 0].reshape(rows, cols)
+    assert (cls == 0).any()  # background
+    for s in sample.scenes[0]:
+        want = 1 + list(COLORS).index(s.color) * len(SHAPES) + SHAPES.index(s.kind)
+        w, h = resized_size(image.width, image.height, CFG)
+        r = min(rows - 1, int((s.y + s.size / 2) * h / image.height // 28))
+        c = min(cols - 1, int((s.x + s.size / 2) * w / image.width // 28))
+        assert cls[r, c] == want
+    assert labels[:, 1].sum() == len(sample.scenes[0])  # one centre token per shape
+    fx = labels[:, 2].reshape(rows, cols)
+    assert (np.diff(fx, axis=1) > 0).all() and 0 < fx.min() and fx.max() < 1.2
+    assert (labels[:, 4] == 0).all()
+
+
+def test_token_labels_number_the_images_of_a_request() -> None:
+    sample = make_sample("multi_image", heldout_seed(6))
+    labels = token_labels(sample, CFG)
+    counts = [grid_size(im.width, im.height, CFG) for im in sample.images]
+    sizes = [(h // 2) * (w // 2) for h, w in counts]
+    want = np.repeat(np.arange(len(sizes)), sizes)
+    assert (labels[:, 4] == want).all()

@@ -163,7 +163,9 @@ def token_labels(sample: Sample, cfg: ImageProcessorConfig) -> np.ndarray:
 
 _TEMPLATE_PATTERNS = {
     task: re.compile(
-        re.escape(q).replace(r"\{shape\}", r"(?P<shape>\w+)").replace(r"\{color\}", r"(?P<color>\w+)")
+        re.escape(q)
+        .replace(r"\{shape\}", r"(?P<shape>\w+)")
+        .replace(r"\{color\}", r"(?P<color>\w+)")
         + "$"
     )
     for task, q in QUESTIONS.items()
@@ -233,9 +235,11 @@ def collate(items: list[Encoded], pad_id: int, media_pad_id: int = -1) -> TrainB
     f_cols: list[int] = []
     f_masks: list[torch.Tensor] = []
     for i, (e, s) in enumerate(zip(items, seqs, strict=True)):
-        where = (torch.tensor(s) == media_pad_id).nonzero()[:, 0] if e.focus else None
+        if not e.focus:  # not a training encoding
+            continue
+        where = (torch.tensor(s) == media_pad_id).nonzero()[:, 0]
         for start, mask in zip(e.answer_starts, e.focus, strict=True):
-            if where is None or not mask.any():
+            if not mask.any():
                 continue
             row = torch.zeros(longest, dtype=torch.bool)
             row[where[torch.from_numpy(mask)]] = True

@@ -151,8 +151,8 @@ class PromptBuilder:
         target = self.text(target_text(sample, thinking=thinking)) + [end]
         mask = [True] * len(target)
         starts = [] if thinking else [0]
-        for question, answer in follow_ups:  # later turns of the same conversation
-            turn = self._turn_head("user") + self.text(question) + [end]
+        for asked, answer in follow_ups:  # later turns of the same conversation
+            turn = self._turn_head("user") + self.text(asked) + [end]
             turn += self._turn_head("assistant")
             reply = self.text(answer) + [end]
             starts.append(len(target) + len(turn))

@@ -209,9 +209,9 @@ def train(args: argparse.Namespace) -> dict:
         lr=args.lr,
         betas=(0.9, 0.98),
     )
-    tasks = tuple(args.tasks.split(",")) if args.tasks else TASKS
+    subset = tuple(args.tasks.split(",")) if args.tasks else TASKS
     eval_samples = (
-        [s for s in heldout_samples(args.eval_n, offset=EVAL_OFFSET) if s.task in tasks]
+        [s for s in heldout_samples(args.eval_n, offset=EVAL_OFFSET) if s.task in subset]
         if args.eval_every
         else []
     )
@@ -221,7 +221,9 @@ def train(args: argparse.Namespace) -> dict:
         lr = learning_rate(step, args.steps, args.lr, args.warmup)
         for group in opt.param_groups:
             group["lr"] = lr
-        draws = [draw(args.seed, step * args.batch_size + i, tasks) for i in range(args.batch_size)]
+        draws = [
+            draw(args.seed, step * args.batch_size + i, subset) for i in range(args.batch_size)
+        ]
         loss, probe_loss = train_step(
             model,
             encode_draws(builder, draws),

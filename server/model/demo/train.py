@@ -92,7 +92,9 @@ class TokenProbe(nn.Module):
         self.where = nn.Linear(hidden, 2)
         self.order = nn.Linear(hidden, MAX_MEDIA_INDEX + 1)
 
-    def loss(self, feats: torch.Tensor, mid: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def loss(
+        self, feats: torch.Tensor, mid: torch.Tensor | None, labels: torch.Tensor
+    ) -> torch.Tensor:
         f = feats.float()
         cls = labels[:, 0].long()
         color = torch.where(cls > 0, (cls - 1) // len(SHAPES) + 1, 0)
@@ -103,6 +105,8 @@ class TokenProbe(nn.Module):
             self.centre(f)[:, 0], labels[:, 1], reduction="sum"
         )
         total = total + 4 * F.mse_loss(self.where(f), labels[:, 2:4], reduction="sum")
+        if mid is None:
+            return total
         order = labels[:, 4].long().clamp(max=MAX_MEDIA_INDEX)
         return total + F.cross_entropy(self.order(mid.float()), order, reduction="sum")
 
@@ -147,6 +151,7 @@ def train_step(
     probe: TokenProbe | None = None,
     probe_weight: float = 0.0,
     focus_weight: float = 0.0,
+    vision_only: bool = False,
 ) -> tuple[float, float]:
     """Accumulate gradients over micro-batches; returns (mean loss per target token, mean probe
     loss per image token)."""
@@ -159,6 +164,13 @@ def train_step(
     loss_sum = probe_sum = 0.0
     for chunk in micro_batches(items, budget):
         tb = collate(chunk, pad_id=0, media_pad_id=model.media_pad_id)
+        if vision_only:  # warm-up: the vision tower and projector learn from the probes alone
+            feats = model.image_features(tb.batch)
+            if probe is not None and feats is not None and tb.token_labels is not None:
+                aux = probe.loss(feats, None, tb.token_labels)
+                (aux / max(1, image_tokens)).backward()
+                probe_sum += float(aux.detach())
+            continue
         logits, feats, mid = forward(model, tb)
         loss = F.cross_entropy(logits, tb.targets, reduction="sum")
         objective = loss / total
@@ -231,6 +243,7 @@ def train(args: argparse.Namespace) -> dict:
             probe,
             args.probe_weight,
             args.focus_weight,
+            vision_only=step < args.vision_warmup,
         )
         torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
         opt.step()
@@ -295,6 +308,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--probe-weight", type=float, default=1.0, help="weight of the token probe loss"
     )
     ap.add_argument("--focus-weight", type=float, default=1.0, help="weight of the focus loss")
+    ap.add_argument(
+        "--vision-warmup",
+        type=int,
+        default=0,
+        help="first steps train the vision side on the probes only",
+    )
     ap.add_argument("--tasks", default="", help="comma-separated subset of the tasks (default all)")
     args = ap.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

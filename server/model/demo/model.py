@@ -355,9 +355,18 @@ class KimiVL(nn.Module):
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Input embeddings [B, L, H] -> final (normed) hidden states [B, L, H]."""
-        for layer in self.language_model.model.layers:
-            x = layer(x)
-        return self.language_model.model.norm(x)
+        return self.decode_keeping(x, None)[0]
+
+    def decode_keeping(
+        self, x: torch.Tensor, layer: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`decode`, also returning the output of decoder layer `layer` (None: nothing kept)."""
+        kept = None
+        for i, block in enumerate(self.language_model.model.layers):
+            x = block(x)
+            if i == layer:
+                kept = x
+        return self.language_model.model.norm(x), kept
 
     def logits_at(
         self,

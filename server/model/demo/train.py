@@ -117,13 +117,8 @@ def forward(
     """Logits at the target positions, the image features, and layer ORDER_LAYER's output at
     the image tokens (same order as the features)."""
     feats = model.image_features(tb.batch)
-    x = model.embed(tb.batch, feats)
-    mid = None
-    for i, layer in enumerate(model.language_model.model.layers):
-        x = layer(x)
-        if i == ORDER_LAYER and feats is not None:
-            mid = x[tb.batch.input_ids == model.media_pad_id]
-    h = model.language_model.model.norm(x)
+    h, kept = model.decode_keeping(model.embed(tb.batch, feats), ORDER_LAYER)
+    mid = None if feats is None or kept is None else kept[tb.batch.input_ids == model.media_pad_id]
     return model.language_model.lm_head(h[tb.rows, tb.cols]).float(), feats, mid
 
 

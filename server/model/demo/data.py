@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,9 +32,20 @@ from server.model.demo.tasks import (
 from server.model.demo.video import decode_mp4, encode_mp4
 from server.model.image_processing import ImageProcessorConfig, grid_size, resized_size
 
-# Per image token, what the vision tower is taught to see (an auxiliary loss, training only):
-# 0 background, else 1 + colour index * 3 + shape index; and whether a shape's centre is in it.
 _COLOR_INDEX = {c: i for i, c in enumerate(COLORS)}
+
+
+def token_class(color: str, kind: str) -> int:
+    """A shape's class in the token labels: 1 + colour index * 3 + shape index (0: background)."""
+    return 1 + _COLOR_INDEX[color] * len(SHAPES) + SHAPES.index(kind)
+
+
+def split_token_class(cls: Any) -> tuple[Any, Any]:
+    """Class ids (numpy or torch integers) -> (colour index + 1, shape index + 1), 0 for
+    background."""
+    shape = cls > 0
+    return shape * ((cls - 1) // len(SHAPES) + 1), shape * ((cls - 1) % len(SHAPES) + 1)
+
 
 TASK_WEIGHTS: dict[str, float] = {
     "color": 1.0,
@@ -122,8 +134,8 @@ def draw(run_seed: int, index: int, tasks: tuple[str, ...] = TASKS) -> Draw:
 
 
 def token_labels(sample: Sample, cfg: ImageProcessorConfig) -> np.ndarray:
-    """[tokens, 6] float labels of the sample's merged image tokens, in prompt order: class
-    (0 background, else 1 + colour index * 3 + shape index), shape centre in the token (0/1),
+    """[tokens, 5] float labels of the sample's merged image tokens, in prompt order: class
+    (`token_class`), shape centre in the token (0/1),
     the token centre's x and y as fractions of the image, and the index of the image or frame.
     A token's class is the shape whose box covers most of it (at least a fifth of the token or
     of the shape)."""
@@ -149,8 +161,7 @@ def token_labels(sample: Sample, cfg: ImageProcessorConfig) -> np.ndarray:
             need = 0.2 * np.minimum((x1 - x0) * (y1 - y0), s.size * s.size)
             take = (area > best) & (area >= need)
             best = np.where(take, area, best)
-            label = 1 + _COLOR_INDEX[s.color] * len(SHAPES) + SHAPES.index(s.kind)
-            cls = np.where(take, label, cls)
+            cls = np.where(take, token_class(s.color, s.kind), cls)
             r = min(rows - 1, int((s.y + s.size / 2) * sy // cell_h))
             c = min(cols - 1, int((s.x + s.size / 2) * sx // cell_w))
             centre[r, c] = 1
@@ -177,7 +188,7 @@ def focus_mask(question: str, labels: np.ndarray) -> np.ndarray:
     names (or all shapes, to count them); for videos the shape in the first and last frame
     (motion) or the last frame (colour at the end)."""
     cls = labels[:, 0].astype(np.int64)
-    shape_of, color_of = (cls - 1) % len(SHAPES), (cls - 1) // len(SHAPES)
+    color_of, shape_of = split_token_class(cls)
     any_shape = cls > 0
     for task, pattern in _TEMPLATE_PATTERNS.items():
         m = pattern.match(question)
@@ -186,9 +197,9 @@ def focus_mask(question: str, labels: np.ndarray) -> np.ndarray:
         named = m.groupdict()
         keep = any_shape.copy()
         if "shape" in named:
-            keep &= shape_of == SHAPES.index(named["shape"])
+            keep &= shape_of == SHAPES.index(named["shape"]) + 1
         if "color" in named:
-            keep &= color_of == _COLOR_INDEX[named["color"]]
+            keep &= color_of == _COLOR_INDEX[named["color"]] + 1
         last = labels[:, 4].max() if len(labels) else 0
         if task == "motion":
             keep &= (labels[:, 4] == 0) | (labels[:, 4] == last)

@@ -34,7 +34,13 @@ from torch import nn
 from tqdm import tqdm
 
 from server.model.demo import checkpoint
-from server.model.demo.data import TrainBatch, collate, draw, encode_draws
+from server.model.demo.data import (
+    TrainBatch,
+    collate,
+    draw,
+    encode_draws,
+    split_token_class,
+)
 from server.model.demo.evaluate import accuracy, heldout_samples
 from server.model.demo.model import MLA, KimiVL
 from server.model.demo.prompt import Encoded, PromptBuilder
@@ -96,9 +102,7 @@ class TokenProbe(nn.Module):
         self, feats: torch.Tensor, mid: torch.Tensor | None, labels: torch.Tensor
     ) -> torch.Tensor:
         f = feats.float()
-        cls = labels[:, 0].long()
-        color = torch.where(cls > 0, (cls - 1) // len(SHAPES) + 1, 0)
-        shape = torch.where(cls > 0, (cls - 1) % len(SHAPES) + 1, 0)
+        color, shape = split_token_class(labels[:, 0].long())
         total = F.cross_entropy(self.color(f), color, reduction="sum")
         total = total + F.cross_entropy(self.shape(f), shape, reduction="sum")
         total = total + F.binary_cross_entropy_with_logits(

@@ -7,7 +7,17 @@ import numpy as np
 import pytest
 
 from server.model.demo.checkpoint import preprocessor_config
-from server.model.demo.data import _questions, draw, follow_ups, token_labels
+from server.model.demo.data import (
+    FOCUS_HEADS,
+    SIDE_LEFT,
+    SIDE_RIGHT,
+    _questions,
+    draw,
+    focus_mask,
+    follow_ups,
+    token_class,
+    token_labels,
+)
 from server.model.demo.tasks import (
     COLORS,
     QUESTIONS,
@@ -70,7 +80,7 @@ def test_token_labels_mark_the_shapes_where_they_are() -> None:
     image = sample.images[0]
     gh, gw = grid_size(image.width, image.height, CFG)
     rows, cols = gh // 2, gw // 2
-    assert labels.shape == (rows * cols, 5)
+    assert labels.shape == (rows * cols, 7)
     cls = labels[:, 0].reshape(rows, cols)
     assert (cls == 0).any()  # background
     for s in sample.scenes[0]:
@@ -83,6 +93,7 @@ def test_token_labels_mark_the_shapes_where_they_are() -> None:
     fx = labels[:, 2].reshape(rows, cols)
     assert (np.diff(fx, axis=1) > 0).all() and 0 < fx.min() and fx.max() < 1.2
     assert (labels[:, 4] == 0).all()
+    assert (labels[:, 5] == len(sample.scenes[0])).all()  # shapes in the picture, every token
 
 
 def test_token_labels_number_the_images_of_a_request() -> None:
@@ -92,3 +103,33 @@ def test_token_labels_number_the_images_of_a_request() -> None:
     sizes = [(h // 2) * (w // 2) for h, w in counts]
     want = np.repeat(np.arange(len(sizes)), sizes)
     assert (labels[:, 4] == want).all()
+
+
+def test_token_labels_say_which_side_each_shape_of_a_position_picture_is_on() -> None:
+    sample = make_sample("position", heldout_seed(7))
+    labels = token_labels(sample, CFG)
+    cls, side = labels[:, 0], labels[:, 6]
+    a, b = sample.scenes[0]
+    left, right = (a, b) if a.cx < b.cx else (b, a)
+    assert (side[cls == token_class(left.color, left.kind)] == SIDE_LEFT).all()
+    assert (side[cls == token_class(right.color, right.kind)] == SIDE_RIGHT).all()
+    assert (side[cls == 0] == 0).all()
+    want = (
+        "left"
+        if sample.question == QUESTIONS["position"].format(color=left.color, shape=left.kind)
+        else "right"
+    )
+    assert sample.answer == want
+
+
+def test_focus_heads_see_both_ends_of_a_motion() -> None:
+    sample = make_sample("motion", heldout_seed(8))
+    labels = token_labels(sample, CFG)
+    heads = focus_mask(sample.question, labels)
+    frame, last = labels[:, 4], labels[:, 4].max()
+    assert heads.shape == (FOCUS_HEADS, len(labels))
+    assert heads[0].any() and (frame[heads[0]] == last).all()
+    assert heads[1].any() and (frame[heads[1]] == 0).all()
+    color = make_sample("color", heldout_seed(8))
+    both = focus_mask(color.question, token_labels(color, CFG))
+    assert (both[0] == both[1]).all() and both[0].any()

@@ -83,7 +83,7 @@ def _image_questions(scene: list[Shape], width: int) -> list[tuple[str, str]]:
     for color in _unique([s.color for s in scene]):
         kind = next(s.kind for s in scene if s.color == color)
         out.append((QUESTIONS["shape"].format(color=color), kind))
-    if len(scene) == 2 and abs(scene[0].cx - scene[1].cx) >= 0.3 * width:
+    if _far_apart(scene, width):
         for s, o in ((scene[0], scene[1]), (scene[1], scene[0])):
             if (s.kind, s.color) != (o.kind, o.color):
                 side = "left" if s.cx < o.cx else "right"
@@ -134,11 +134,13 @@ def draw(run_seed: int, index: int, tasks: tuple[str, ...] = TASKS) -> Draw:
 
 
 def token_labels(sample: Sample, cfg: ImageProcessorConfig) -> np.ndarray:
-    """[tokens, 5] float labels of the sample's merged image tokens, in prompt order: class
-    (`token_class`), shape centre in the token (0/1),
-    the token centre's x and y as fractions of the image, and the index of the image or frame.
-    A token's class is the shape whose box covers most of it (at least a fifth of the token or
-    of the shape)."""
+    """[tokens, 7] float labels of the sample's merged image tokens, in prompt order: class
+    (`token_class`), shape centre in the token (0/1), the token centre's x and y as fractions
+    of the image, the index of the image or frame, the number of shapes in that image or frame
+    (every token), and the token's side (SIDE_LEFT / SIDE_RIGHT: its shape is left or right of
+    the other one in a picture of two shapes clearly apart, as the position question asks;
+    0 otherwise). A token's class is the shape whose box covers most of it (at least a fifth of
+    the token or of the shape)."""
     out = []
     kh, kw = cfg.merge_kernel_size
     cell_h, cell_w = kh * cfg.patch_size, kw * cfg.patch_size
@@ -154,7 +156,9 @@ def token_labels(sample: Sample, cfg: ImageProcessorConfig) -> np.ndarray:
         best = np.zeros((rows, cols))
         cls = np.zeros((rows, cols))
         centre = np.zeros((rows, cols))
-        for s in scene:
+        side = np.zeros((rows, cols))
+        sides = _sides(scene, image.width)
+        for s, s_side in zip(scene, sides, strict=True):
             ox = np.clip(np.minimum(x1, s.x + s.size) - np.maximum(x0, s.x), 0, None)
             oy = np.clip(np.minimum(y1, s.y + s.size) - np.maximum(y0, s.y), 0, None)
             area = ox * oy
@@ -162,14 +166,33 @@ def token_labels(sample: Sample, cfg: ImageProcessorConfig) -> np.ndarray:
             take = (area > best) & (area >= need)
             best = np.where(take, area, best)
             cls = np.where(take, token_class(s.color, s.kind), cls)
+            side = np.where(take, s_side, side)
             r = min(rows - 1, int((s.y + s.size / 2) * sy // cell_h))
             c = min(cols - 1, int((s.x + s.size / 2) * sx // cell_w))
             centre[r, c] = 1
         fx = np.broadcast_to((x0 + x1) / 2 / image.width, (rows, cols))
         fy = np.broadcast_to((y0 + y1) / 2 / image.height, (rows, cols))
         idx = np.full((rows, cols), float(index))
-        out.append(np.stack([m.reshape(-1) for m in (cls, centre, fx, fy, idx)], axis=1))
-    return np.concatenate(out) if out else np.zeros((0, 5))
+        count = np.full((rows, cols), float(len(scene)))
+        columns = (cls, centre, fx, fy, idx, count, side)
+        out.append(np.stack([m.reshape(-1) for m in columns], axis=1))
+    return np.concatenate(out) if out else np.zeros((0, 7))
+
+
+SIDE_LEFT, SIDE_RIGHT = 1, 2
+
+
+def _far_apart(scene: list[Shape], width: int) -> bool:
+    """Two shapes, far enough apart horizontally for the position question."""
+    return len(scene) == 2 and abs(scene[0].cx - scene[1].cx) >= 0.3 * width
+
+
+def _sides(scene: list[Shape], width: int) -> list[int]:
+    """Per shape: SIDE_LEFT / SIDE_RIGHT of the other one when `_far_apart`, else 0."""
+    if not _far_apart(scene, width):
+        return [0] * len(scene)
+    a, b = scene
+    return [SIDE_LEFT, SIDE_RIGHT] if a.cx < b.cx else [SIDE_RIGHT, SIDE_LEFT]
 
 
 _TEMPLATE_PATTERNS = {
@@ -183,10 +206,15 @@ _TEMPLATE_PATTERNS = {
 }
 
 
+FOCUS_HEADS = 2
+
+
 def focus_mask(question: str, labels: np.ndarray) -> np.ndarray:
-    """The image tokens (rows of `labels`) showing what `question` is about: the shape it
-    names (or all shapes, to count them); for videos the shape in the first and last frame
-    (motion) or the last frame (colour at the end)."""
+    """[FOCUS_HEADS, tokens] bool: per taught attention head, the image tokens (rows of
+    `labels`) showing what `question` is about: the shape it names (or all shapes, to count
+    them). Videos: the shape in the last frame (colour at the end: both heads); for motion
+    head 0 looks at the last frame and head 1 at the first, so that one layer sees both ends
+    of the path."""
     cls = labels[:, 0].astype(np.int64)
     color_of, shape_of = split_token_class(cls)
     any_shape = cls > 0
@@ -200,12 +228,13 @@ def focus_mask(question: str, labels: np.ndarray) -> np.ndarray:
             keep &= shape_of == SHAPES.index(named["shape"]) + 1
         if "color" in named:
             keep &= color_of == _COLOR_INDEX[named["color"]] + 1
-        last = labels[:, 4].max() if len(labels) else 0
+        frame = labels[:, 4]
+        last = frame.max() if len(labels) else 0
         if task == "motion":
-            keep &= (labels[:, 4] == 0) | (labels[:, 4] == last)
-        elif task == "color_change":
-            keep &= labels[:, 4] == last
-        return keep
+            return np.stack([keep & (frame == last), keep & (frame == 0)])
+        if task == "color_change":
+            keep &= frame == last
+        return np.stack([keep] * FOCUS_HEADS)
     raise ValueError(f"not a task question: {question!r}")
 
 
@@ -216,10 +245,10 @@ class TrainBatch:
     cols: torch.Tensor  # ... and column (the position that predicts the token)
     targets: torch.Tensor  # token ids to predict
     answer_spans: list[tuple[int, int]]  # per sample: [start, end) into rows/cols/targets
-    token_labels: torch.Tensor | None  # [image tokens, 5] (see token_labels), when all have them
+    token_labels: torch.Tensor | None  # [image tokens, 7] (see token_labels), when all have them
     focus_rows: torch.Tensor  # [K] per answer with a focus: batch row ...
     focus_cols: torch.Tensor  # [K] ... and the position that predicts its first token
-    focus: torch.Tensor  # [K, L] bool: the positions of the image tokens it is about
+    focus: torch.Tensor  # [K, FOCUS_HEADS, L] bool: per head, the image tokens it is about
 
 
 def collate(items: list[Encoded], pad_id: int, media_pad_id: int = -1) -> TrainBatch:
@@ -250,10 +279,11 @@ def collate(items: list[Encoded], pad_id: int, media_pad_id: int = -1) -> TrainB
             continue
         where = (torch.tensor(s) == media_pad_id).nonzero()[:, 0]
         for start, mask in zip(e.answer_starts, e.focus, strict=True):
-            if not mask.any():
+            if not mask.any(axis=1).all():  # a head with nothing to look at
                 continue
-            row = torch.zeros(longest, dtype=torch.bool)
-            row[where[torch.from_numpy(mask)]] = True
+            row = torch.zeros(FOCUS_HEADS, longest, dtype=torch.bool)
+            for head in range(FOCUS_HEADS):
+                row[head, where[torch.from_numpy(mask[head])]] = True
             f_rows.append(i)
             f_cols.append(len(e.prompt_ids) - 1 + start)
             f_masks.append(row)
@@ -271,7 +301,9 @@ def collate(items: list[Encoded], pad_id: int, media_pad_id: int = -1) -> TrainB
         else None,
         torch.tensor(f_rows, dtype=torch.long),
         torch.tensor(f_cols, dtype=torch.long),
-        torch.stack(f_masks) if f_masks else torch.zeros((0, longest), dtype=torch.bool),
+        torch.stack(f_masks)
+        if f_masks
+        else torch.zeros((0, FOCUS_HEADS, longest), dtype=torch.bool),
     )
 
 

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from server.model.demo import checkpoint
 from server.model.demo.data import (
+    FOCUS_HEADS,
     TrainBatch,
     collate,
     draw,
@@ -79,16 +80,19 @@ def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
 
 
 MAX_MEDIA_INDEX = 15
-FOCUS_LAYER = 1  # decoder layer whose head 0 is taught where to look for each answer
-ORDER_LAYER = 1  # decoder layer whose output at image tokens is taught the image/frame index
+MAX_SHAPES = 6
+FOCUS_LAYER = 1  # decoder layer whose first FOCUS_HEADS heads are taught where to look
+ORDER_LAYER = 0  # decoder layer whose output at image tokens is taught the image/frame index
 
 
 class TokenProbe(nn.Module):
     """Training-only heads on image tokens, not exported: they give the vision tower a dense
     signal long before the answers alone would. On the projected features (the decoder's
     input): the token's colour and shape (or background), whether a shape's centre is in it,
-    and where it is (x, y fractions of the picture). On the output of decoder layer
-    ORDER_LAYER: which image or frame of the request the token belongs to."""
+    where it is (x, y fractions of the picture), how many shapes its picture has and which
+    side of the other shape its shape is on. On the output of decoder layer ORDER_LAYER
+    (what FOCUS_LAYER's attention reads): which image or frame of the request the token
+    belongs to."""
 
     def __init__(self, hidden: int) -> None:
         super().__init__()
@@ -96,6 +100,8 @@ class TokenProbe(nn.Module):
         self.shape = nn.Linear(hidden, len(SHAPES) + 1)
         self.centre = nn.Linear(hidden, 1)
         self.where = nn.Linear(hidden, 2)
+        self.count = nn.Linear(hidden, MAX_SHAPES + 1)
+        self.side = nn.Linear(hidden, 3)
         self.order = nn.Linear(hidden, MAX_MEDIA_INDEX + 1)
 
     def loss(
@@ -109,6 +115,8 @@ class TokenProbe(nn.Module):
             self.centre(f)[:, 0], labels[:, 1], reduction="sum"
         )
         total = total + 4 * F.mse_loss(self.where(f), labels[:, 2:4], reduction="sum")
+        total = total + F.cross_entropy(self.count(f), labels[:, 5].long(), reduction="sum")
+        total = total + F.cross_entropy(self.side(f), labels[:, 6].long(), reduction="sum")
         if mid is None:
             return total
         order = labels[:, 4].long().clamp(max=MAX_MEDIA_INDEX)
@@ -116,31 +124,37 @@ class TokenProbe(nn.Module):
 
 
 def forward(
-    model: KimiVL, tb: TrainBatch
+    model: KimiVL, tb: TrainBatch, detach_vision: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Logits at the target positions, the image features, and layer ORDER_LAYER's output at
-    the image tokens (same order as the features)."""
+    the image tokens (same order as the features). `detach_vision`: the decoder's losses do
+    not reach the vision tower and projector (they learn from the probes alone)."""
     feats = model.image_features(tb.batch)
-    h, kept = model.decode_keeping(model.embed(tb.batch, feats), ORDER_LAYER)
+    into = None if feats is None else feats.detach() if detach_vision else feats
+    h, kept = model.decode_keeping(model.embed(tb.batch, into), ORDER_LAYER)
     mid = None if feats is None or kept is None else kept[tb.batch.input_ids == model.media_pad_id]
     return model.language_model.lm_head(h[tb.rows, tb.cols]).float(), feats, mid
 
 
 def focus_loss(model: KimiVL, tb: TrainBatch) -> torch.Tensor:
-    """Summed -log(attention weight on the tokens the question is about), of head 0 of decoder
-    layer FOCUS_LAYER at the position that predicts each answer's first token."""
+    """Summed -log(attention weight on the tokens the question is about), of the first
+    FOCUS_HEADS heads of decoder layer FOCUS_LAYER at the position that predicts each answer's
+    first token (data.focus_mask says where each head should look)."""
     attn = model.language_model.model.layers[FOCUS_LAYER].self_attn
     assert isinstance(attn, MLA) and attn.captured is not None
     q, k = attn.captured
     if tb.focus_rows.numel() == 0:
         return q.new_zeros(())
-    qs = q[tb.focus_rows, 0, tb.focus_cols].float()  # [K, D]
-    ks = k[tb.focus_rows, 0].float()  # [K, L, D]
-    logits = torch.einsum("kd,kld->kl", qs, ks) * qs.shape[-1] ** -0.5
-    causal = torch.arange(ks.shape[1])[None, :] <= tb.focus_cols[:, None]
-    logp = torch.log_softmax(logits.masked_fill(~causal, float("-inf")), dim=-1)
-    on = torch.logsumexp(logp.masked_fill(~tb.focus, float("-inf")), dim=-1)
-    return -on.sum()
+    causal = torch.arange(k.shape[2])[None, :] <= tb.focus_cols[:, None]
+    total = q.new_zeros((), dtype=torch.float32)
+    for head in range(FOCUS_HEADS):
+        qs = q[tb.focus_rows, head, tb.focus_cols].float()  # [K, D]
+        ks = k[tb.focus_rows, head].float()  # [K, L, D]
+        logits = torch.einsum("kd,kld->kl", qs, ks) * qs.shape[-1] ** -0.5
+        logp = torch.log_softmax(logits.masked_fill(~causal, float("-inf")), dim=-1)
+        on = torch.logsumexp(logp.masked_fill(~tb.focus[:, head], float("-inf")), dim=-1)
+        total = total - on.sum()
+    return total
 
 
 def train_step(
@@ -151,6 +165,7 @@ def train_step(
     probe_weight: float = 0.0,
     focus_weight: float = 0.0,
     vision_only: bool = False,
+    detach_vision: bool = False,
 ) -> tuple[float, float]:
     """Accumulate gradients over micro-batches; returns (mean loss per target token, mean probe
     loss per image token)."""
@@ -170,7 +185,7 @@ def train_step(
                 (aux / max(1, image_tokens)).backward()
                 probe_sum += float(aux.detach())
             continue
-        logits, feats, mid = forward(model, tb)
+        logits, feats, mid = forward(model, tb, detach_vision)
         loss = F.cross_entropy(logits, tb.targets, reduction="sum")
         objective = loss / total
         if focus_weight > 0:
@@ -243,6 +258,7 @@ def train(args: argparse.Namespace) -> dict:
             args.probe_weight,
             args.focus_weight,
             vision_only=step < args.vision_warmup,
+            detach_vision=args.detach_vision < 0 or step < args.detach_vision,
         )
         torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
         opt.step()
@@ -312,6 +328,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=0,
         help="first steps train the vision side on the probes only",
+    )
+    ap.add_argument(
+        "--detach-vision",
+        type=int,
+        default=-1,
+        help="the answer loss reaches the vision side only after this step (-1: never)",
     )
     ap.add_argument("--tasks", default="", help="comma-separated subset of the tasks (default all)")
     args = ap.parse_args(argv)

@@ -89,6 +89,10 @@ class InvalidVideoURL(InvalidRequest):
     code = "invalid_video_url"
 
 
+class InvalidDocument(InvalidRequest):
+    code = "invalid_document"
+
+
 class MediaFetchFailed(InvalidRequest):
     code = "media_fetch_failed"
 

@@ -82,6 +82,21 @@ VIDEO_TOKENS_PER_REQUEST = Histogram(
     "Prompt tokens the videos of one request expand to (frames' image blocks and timestamps).",
     buckets=_TOKEN_BUCKETS,
 )
+DOCUMENT_PAGES_PER_REQUEST = Histogram(
+    "kimi_vl_document_pages_per_request",
+    "PDF pages rendered for one request (all its documents).",
+    buckets=_COUNT_BUCKETS,
+)
+DOCUMENT_TOKENS_PER_REQUEST = Histogram(
+    "kimi_vl_document_tokens_per_request",
+    "Prompt tokens the documents of one request expand to (page markers and page images).",
+    buckets=_TOKEN_BUCKETS,
+)
+DOCUMENT_PAGE_RENDER_SECONDS = Histogram(
+    "kimi_vl_document_page_render_seconds",
+    "Time PDFium took to render one page (its worker process's wall time).",
+    buckets=_MEDIA_SECONDS_BUCKETS,
+)
 REJECTED_REQUESTS = Counter(
     "kimi_vl_rejected_requests",
     "Requests answered with an error, by error code.",

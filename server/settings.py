@@ -273,6 +273,25 @@ class Settings(BaseSettings):
     max_video_seconds: float = Field(
         default=3600.0, gt=0.0, le=86400.0, description="longest video accepted, in seconds"
     )
+    max_document_pages: int = Field(
+        default=100,
+        ge=1,
+        le=1000,
+        description="PDF pages read per request, all its documents together (largest "
+        "document.max_pages)",
+    )
+    max_document_tokens: int = Field(
+        default=65536,
+        ge=1,
+        description="image tokens of a request's document pages (default and largest "
+        "document.max_tokens)",
+    )
+    document_page_timeout: float = Field(
+        default=10.0,
+        gt=0.0,
+        le=600.0,
+        description="seconds PDFium may take to open a document or to render one page",
+    )
     max_image_pixels: int = Field(
         default=50_000_000,
         ge=1,

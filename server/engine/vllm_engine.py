@@ -68,7 +68,8 @@ def engine_args(settings: Settings, model: str) -> Any:
         "distributed_executor_backend": settings.distributed_executor_backend,
         "gpu_memory_utilization": settings.gpu_memory_utilization,
         "limit_mm_per_prompt": {
-            "image": settings.limit_images_per_request,
+            # document pages reach the engine as images
+            "image": settings.limit_images_per_request + settings.max_document_pages,
             "video": settings.limit_videos_per_request,
         },
         "seed": 0,

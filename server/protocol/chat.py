@@ -61,6 +61,26 @@ class VideoURL(BaseModel):
     url: str = Field(min_length=1)
 
 
+class FileInput(BaseModel):
+    """A `file` part's payload (OpenAI: `file_data` or `file_id`, plus `filename`). This server
+    reads PDFs; `file_url` (the Responses API's field) is accepted here too and fetched like
+    an image URL."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file_data: str | None = Field(default=None, min_length=1)  # data: URL or bare base64
+    file_id: str | None = Field(default=None, min_length=1)
+    file_url: str | None = Field(default=None, min_length=1)
+    filename: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FileInput:
+        given = [k for k in ("file_data", "file_id", "file_url") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("a file part needs exactly one of 'file_data', 'file_id', 'file_url'")
+        return self
+
+
 def _url_object(value: Any) -> Any:
     # Some clients send `"image_url": "https://…"` instead of `{"url": …}`.
     return {"url": value} if isinstance(value, str) else value
@@ -72,14 +92,20 @@ class ContentPart(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["text", "image_url", "video_url"]
+    type: Literal["text", "image_url", "video_url", "file"]
     text: str | None = None
     image_url: Annotated[ImageURL | None, BeforeValidator(_url_object)] = None
     video_url: Annotated[VideoURL | None, BeforeValidator(_url_object)] = None
+    file: FileInput | None = None
 
     @model_validator(mode="after")
     def _payload_matches_type(self) -> ContentPart:
-        payload = {"text": self.text, "image_url": self.image_url, "video_url": self.video_url}
+        payload = {
+            "text": self.text,
+            "image_url": self.image_url,
+            "video_url": self.video_url,
+            "file": self.file,
+        }
         if payload[self.type] is None:
             raise ValueError(f"a content part of type '{self.type}' needs the '{self.type}' field")
         others = [k for k, v in payload.items() if k != self.type and v is not None]
@@ -187,6 +213,18 @@ class VideoOptions(BaseModel):
     timestamps: bool | None = None  # `MM:SS` text before each frame; on unless false
 
 
+class DocumentOptions(BaseModel):
+    """Server extension: how `file` parts (PDFs) become page images. Unset fields take the
+    server's defaults; its caps are checked in server/serving/documents.py."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dpi: float | None = Field(default=None, ge=10.0, le=600.0)  # before the token budget
+    max_pages: int | None = Field(default=None, ge=1)  # the first pages of the selection
+    pages: str | None = Field(default=None, min_length=1, max_length=1000)  # e.g. "1-5,8"
+    max_tokens: int | None = Field(default=None, ge=1)  # image tokens of all document pages
+
+
 class FunctionDefinition(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -226,6 +264,7 @@ class ChatCompletionRequest(SamplingRequest):
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     video: VideoOptions | None = None
+    document: DocumentOptions | None = None
     include_reasoning: bool = True
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None

@@ -39,18 +39,28 @@ class InputPart(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["input_text", "output_text", "input_image", "reasoning_text"]
+    type: Literal["input_text", "output_text", "input_image", "input_file", "reasoning_text"]
     text: str | None = None
     image_url: str | None = Field(default=None, min_length=1)
     # "original" (full resolution) is the same as "high" here: the image's own token budget.
     detail: Literal["auto", "low", "high", "original"] = "auto"
-    file_id: Annotated[str | None, unsupported()] = None
+    # input_file (a PDF): exactly one of these, as a chat `file` part takes them.
+    file_data: str | None = Field(default=None, min_length=1)
+    file_url: str | None = Field(default=None, min_length=1)
+    file_id: str | None = Field(default=None, min_length=1)
+    filename: str | None = None
     annotations: list[Any] | None = None  # echoed by the SDK with output_text; no effect
     logprobs: list[Any] | None = None  # likewise
 
     @model_validator(mode="after")
     def _payload_matches_type(self) -> InputPart:
-        if self.type == "input_image":
+        files = [self.file_data, self.file_url, self.file_id, self.filename]
+        if self.type != "input_file" and any(f is not None for f in files):
+            raise ValueError(f"a '{self.type}' part cannot carry file fields")
+        if self.type == "input_file":
+            if self.text is not None or self.image_url is not None:
+                raise ValueError("an 'input_file' part carries only file fields")
+        elif self.type == "input_image":
             if self.image_url is None:
                 raise ValueError("an 'input_image' part needs 'image_url' (a URL or data URL)")
             if self.text is not None:
@@ -99,8 +109,12 @@ class InputItem(BaseModel):
         if self.content is None:
             raise PydanticCustomError("missing", "a message item needs 'content'")
         if any(p.type == "reasoning_text" for p in self.content):
-            raise ValueError("message content holds input_text/input_image/output_text parts")
-        if self.role != "user" and any(p.type == "input_image" for p in self.content):
+            raise ValueError(
+                "message content holds input_text/input_image/input_file/output_text parts"
+            )
+        if self.role != "user" and any(
+            p.type in ("input_image", "input_file") for p in self.content
+        ):
             raise ValueError(f"{self.role} messages may contain only text parts")
         return self
 

@@ -1,8 +1,8 @@
 """`POST /tokenize` and `POST /detokenize` (vLLM's extra endpoints) for Kimi-VL.
 
 A tokenize request carries either a raw `prompt` (counted as /v1/completions counts it) or chat
-`messages` with the chat-rendering fields of /v1/chat/completions (images and videos included:
-their tokens are counted as the engine will expand them).
+`messages` with the chat-rendering fields of /v1/chat/completions (images, videos and documents
+included: their tokens are counted as the engine will expand them).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from server.protocol.chat import (
     ChatMessage,
+    DocumentOptions,
     MMProcessorKwargs,
     NamedToolChoice,
     Tool,
@@ -27,6 +28,7 @@ CHAT_FIELDS = (
     "chat_template_kwargs",
     "mm_processor_kwargs",
     "video",
+    "document",
     "tools",
     "tool_choice",
 )
@@ -45,6 +47,7 @@ class TokenizeRequest(BaseModel):
     chat_template_kwargs: dict[str, Any] | None = None
     mm_processor_kwargs: MMProcessorKwargs | None = None
     video: VideoOptions | None = None
+    document: DocumentOptions | None = None
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
 

@@ -20,6 +20,8 @@ from typing import Any
 from server.engine.contract import GenerateRequest
 from server.errors import APIError
 from server.metrics import (
+    DOCUMENT_PAGES_PER_REQUEST,
+    DOCUMENT_TOKENS_PER_REQUEST,
     IMAGE_TOKENS_PER_REQUEST,
     IMAGES_PER_REQUEST,
     VIDEO_FRAMES_PER_REQUEST,
@@ -40,8 +42,15 @@ from server.protocol.chat import (
 from server.protocol.common import ChoiceLogprobs, Usage
 from server.serving.choices import ChoiceState, FirstTokenTimer, chat_logprobs
 from server.serving.context import ServingContext, ignored_params
+from server.serving.documents import PreparedDocument, document_refs, prepare_documents
 from server.serving.images import PreparedImage, check_image_count, prepare_images
-from server.serving.prompt import render_prompt, truncate_prompt
+from server.serving.prompt import (
+    IMAGE_MARKER_TEXT,
+    ImageRef,
+    page_marker,
+    render_prompt,
+    truncate_prompt,
+)
 from server.serving.sampling import check_token_ids, max_output_tokens, sampling_options
 from server.serving.streaming import SSE_DONE, sse_error_event, sse_event
 from server.serving.tools import (
@@ -78,13 +87,25 @@ class ChatPrompt:
     loaded media, and the prompt length the engine will see (media expanded)."""
 
     token_ids: list[int]
-    images: list[PreparedImage]
+    images: list[PreparedImage]  # image parts and document pages, in prompt order
     videos: list[PreparedVideo]
     num_prompt_tokens: int
+    documents: list[PreparedDocument] = field(default_factory=list)
+    document_tokens: int = 0  # page markers and page images
 
 
 async def build_chat_prompt(ctx: ServingContext, request: ChatCompletionRequest) -> ChatPrompt:
-    """Render the template and load every image and video part (400s name the part)."""
+    """Render the template and load every image, video and document part (400s name the
+    part). Documents are rendered first: their page counts shape the prompt."""
+    mm_kwargs = request.mm_processor_kwargs
+    budget = ctx.image_budget_for(mm_kwargs.in_token_limit if mm_kwargs else None)
+    documents = await prepare_documents(
+        document_refs(request.messages),
+        requested=request.document,
+        policy=ctx.document_policy,
+        limits=ctx.media_limits,
+        budget=budget,
+    )
     rendered = render_prompt(
         request.messages,
         ctx.tokenizer,
@@ -92,13 +113,19 @@ async def build_chat_prompt(ctx: ServingContext, request: ChatCompletionRequest)
         add_generation_prompt=request.generation_prompt,
         continue_final_message=request.continue_final_message,
         tools_text=tools_turn_text(request),
+        documents={key: doc.numbers for key, doc in documents.items()},
     )
-    check_image_count(rendered.images, ctx.settings.limit_images_per_request)
+    image_refs = [ref for ref in rendered.images if isinstance(ref, ImageRef)]
+    check_image_count(image_refs, ctx.settings.limit_images_per_request)
     video_options = ctx.video_policy.options(request.video)
     ctx.video_policy.check_count(rendered.videos)
-    mm_kwargs = request.mm_processor_kwargs
-    budget = ctx.image_budget_for(mm_kwargs.in_token_limit if mm_kwargs else None)
-    images = await prepare_images(rendered.images, limits=ctx.media_limits, budget=budget)
+    loaded = iter(await prepare_images(image_refs, limits=ctx.media_limits, budget=budget))
+    images = [
+        next(loaded)
+        if isinstance(ref, ImageRef)
+        else documents[(ref.message_index, ref.part_index)].pages[ref.index]
+        for ref in rendered.images
+    ]
     videos = await prepare_videos(
         rendered.videos,
         options=video_options,
@@ -116,7 +143,18 @@ async def build_chat_prompt(ctx: ServingContext, request: ChatCompletionRequest)
         + sum(video.num_prompt_tokens for video in videos)
         - len(videos) * video_block_tokens(ctx.tokenizer)
     )
-    return ChatPrompt(rendered.token_ids, images, videos, num_prompt_tokens)
+    docs = list(documents.values())
+    document_tokens = sum(
+        len(ctx.tokenizer.encode_text(page_marker(n))) + _block_tokens(ctx) + page.num_tokens - 1
+        for doc in docs
+        for n, page in zip(doc.numbers, doc.pages, strict=True)
+    )
+    return ChatPrompt(rendered.token_ids, images, videos, num_prompt_tokens, docs, document_tokens)
+
+
+def _block_tokens(ctx: ServingContext) -> int:
+    """Tokens of an image block with its one pad: start, marker text, content, pad, end."""
+    return len(ctx.tokenizer.encode_text(IMAGE_MARKER_TEXT)) + 4
 
 
 class ChatCompletions:
@@ -186,7 +224,11 @@ class ChatCompletions:
             created=int(time.time()),
             started=started,
             done=ticket.release,
-            headers={**_video_report(videos), **ignored_params(request, "chat")},
+            headers={
+                **_video_report(videos),
+                **_document_report(inputs),
+                **ignored_params(request, "chat"),
+            },
             echo=_echo_text(request),
         )
 
@@ -381,6 +423,16 @@ def _video_report(videos: list[PreparedVideo]) -> dict[str, str]:
     VIDEO_FRAMES_PER_REQUEST.observe(frames)
     VIDEO_TOKENS_PER_REQUEST.observe(tokens)
     return {"X-Video-Frames": str(frames), "X-Video-Tokens": str(tokens)}
+
+
+def _document_report(prompt: ChatPrompt) -> dict[str, str]:
+    """Pages and prompt tokens the documents used: metrics, and headers for the client."""
+    if not prompt.documents:
+        return {}
+    pages = sum(len(doc.numbers) for doc in prompt.documents)
+    DOCUMENT_PAGES_PER_REQUEST.observe(pages)
+    DOCUMENT_TOKENS_PER_REQUEST.observe(prompt.document_tokens)
+    return {"X-Document-Pages": str(pages), "X-Document-Tokens": str(prompt.document_tokens)}
 
 
 def _usage(states: list[ChoiceState], prompt_tokens: int, cached: int) -> Usage:

@@ -20,6 +20,7 @@ from server.errors import EngineDead, EngineStarting, InvalidRequest, ModelNotFo
 from server.media import MediaLimits
 from server.protocol.policy import IGNORED_HEADER, ignored_fields
 from server.serving.admission import AdmissionGate
+from server.serving.documents import DocumentPolicy
 from server.serving.images import ImageBudget
 from server.serving.prompt import SpecialIds
 from server.serving.sampling import generation_defaults
@@ -37,6 +38,7 @@ class ServingContext:
         self.engine = engine
         self.media_limits = MediaLimits.from_settings(settings)
         self.video_policy = VideoPolicy.from_settings(settings)
+        self.document_policy = DocumentPolicy.from_settings(settings)
         self.gate = AdmissionGate(
             settings.max_queued_requests, lambda: self.engine.model_info.max_num_seqs
         )

@@ -11,12 +11,13 @@ without special-token strings the ids equal tokenizing the template's rendering
 Earlier assistant turns lose their ◁think▷ reasoning (Moonshot's demo does the same); each image
 part becomes `<|media_start|>image<|media_content|><|media_pad|><|media_end|>`, whose single
 pad vLLM's processor expands to the image's token count; each video part becomes the same block
-with `video`, which the processor replaces by its frames (server/serving/videos.py counts them).
+with `video`, which the processor replaces by its frames (server/serving/videos.py counts them);
+each page of a document part becomes `Page N:` and an image block (server/serving/documents.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -97,10 +98,19 @@ class VideoRef:
         return f"messages[{self.message_index}].content[{self.part_index}].video_url"
 
 
+@dataclass(frozen=True, slots=True)
+class PageRef:
+    """The image block of one page of a document part (its `index`-th page used)."""
+
+    message_index: int
+    part_index: int
+    index: int
+
+
 @dataclass(slots=True)
 class RenderedPrompt:
     token_ids: list[int]
-    images: list[ImageRef] = field(default_factory=list)
+    images: list[ImageRef | PageRef] = field(default_factory=list)  # image blocks, in order
     videos: list[VideoRef] = field(default_factory=list)
 
 
@@ -118,6 +128,11 @@ class _IdBuilder:
     def special(self, token_id: int) -> None:
         self.flush()
         self.ids.append(token_id)
+
+    def text_alone(self, text: str) -> None:
+        """`text` encoded on its own (no BPE merge with its neighbours): a known token count."""
+        self.flush()
+        self.ids.extend(self._tokenizer.encode_text(text))
 
     def flush(self) -> None:
         joined = "".join(self._text)
@@ -139,16 +154,18 @@ def render_prompt(
     add_generation_prompt: bool = True,
     continue_final_message: bool = False,
     tools_text: str | None = None,
+    documents: Mapping[tuple[int, int], Sequence[int]] | None = None,
 ) -> RenderedPrompt:
     """Token ids of the conversation plus the image and video parts behind its media blocks.
 
     `continue_final_message`: the last (assistant) turn is left open, verbatim, for the model to
     continue. `tools_text`: an extra system turn after the first one, describing a forced call.
+    `documents`: per (message, part) index of a `file` part, the numbers of the pages to show.
     A `tool` turn gets no role token, only its role name, as the template renders any role it
     does not know; an assistant turn's `tool_calls` follow its text as JSON, one per line.
     """
     out = _IdBuilder(tokenizer)
-    images: list[ImageRef] = []
+    images: list[ImageRef | PageRef] = []
     videos: list[VideoRef] = []
     first_is_system = bool(messages) and template_role(messages[0]) == "system"
     if not first_is_system:
@@ -175,6 +192,11 @@ def render_prompt(
             elif part.type == "video_url" and part.video_url is not None:
                 videos.append(VideoRef(m, p, part.video_url.url))
                 _media_block(out, specials, VIDEO_MARKER_TEXT)
+            elif part.type == "file":
+                for i, number in enumerate((documents or {}).get((m, p), ())):
+                    out.text_alone(page_marker(number))
+                    images.append(PageRef(m, p, i))
+                    _media_block(out, specials, IMAGE_MARKER_TEXT)
         if not open_turn:
             out.special(specials.im_end)
     if tools_text is not None and len(messages) == int(first_is_system):
@@ -185,6 +207,11 @@ def render_prompt(
         out.special(specials.im_middle)
     out.flush()
     return RenderedPrompt(token_ids=out.ids, images=images, videos=videos)
+
+
+def page_marker(number: int) -> str:
+    """The text before a document page's image block."""
+    return f"Page {number}:"
 
 
 def _media_block(out: _IdBuilder, specials: SpecialIds, marker: str) -> None:

@@ -46,6 +46,10 @@ def _chat_message(item: InputItem) -> ChatMessage:
             parts.append(
                 {"type": "image_url", "image_url": {"url": part.image_url, "detail": detail}}
             )
+        elif part.type == "input_file":
+            fields = ("file_data", "file_url", "file_id", "filename")
+            file = {k: getattr(part, k) for k in fields if getattr(part, k) is not None}
+            parts.append({"type": "file", "file": file})
         else:
             parts.append({"type": "text", "text": part.text})
     return ChatMessage.model_validate({"role": item.role, "content": parts})
@@ -132,7 +136,8 @@ def responses_param(param: str | None, sources: list[str]) -> str | None:
         source = sources[index] if index < len(sources) else "input"
         if not source.startswith("input["):
             return source
-        return source + rest.removesuffix(".url")  # input_image's image_url is the URL itself
+        # input_image's image_url is the URL itself; input_file's fields sit on the part
+        return source + rest.removesuffix(".url").removesuffix(".file")
     if param.startswith("messages"):
         return "input"
     if param in ("max_tokens", "max_completion_tokens"):

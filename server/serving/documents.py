@@ -19,7 +19,14 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from server.errors import APIError, ImageTooLarge, InvalidRequest, UnsupportedParameter
+from server.errors import (
+    APIError,
+    ImageTooLarge,
+    InvalidDocument,
+    InvalidImageURL,
+    InvalidRequest,
+    UnsupportedParameter,
+)
 from server.media import MediaLimits, fetch_media
 from server.media.document import POINTS_PER_INCH, PageSize, render_pdf
 from server.metrics import DOCUMENT_PAGE_RENDER_SECONDS
@@ -272,9 +279,10 @@ async def _file_bytes(file: FileInput, limits: MediaLimits) -> bytes:
             "'file_id' needs the Files API, which this server does not offer yet; send the "
             "PDF as 'file_data' (a data: URL or base64)."
         )
-    if file.file_url is not None:
-        return await fetch_media(file.file_url, limits=limits)
-    data = file.file_data or ""
-    if not data.startswith("data:"):
-        data = "data:application/pdf;base64," + data
-    return await fetch_media(data, limits=limits)
+    url = file.file_url or file.file_data or ""
+    if file.file_data is not None and not url.startswith("data:"):
+        url = "data:application/pdf;base64," + url
+    try:
+        return await fetch_media(url, limits=limits)
+    except InvalidImageURL as exc:  # the fetcher speaks of images; this is a document
+        raise InvalidDocument(exc.message) from None

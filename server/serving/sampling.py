@@ -55,8 +55,9 @@ def max_output_tokens(
     if room <= 0:
         raise ContextLengthExceeded(
             f"This model's maximum context length is {max_model_len} tokens. However, your "
-            f"prompt has {num_prompt_tokens} tokens (text and images), which leaves no room "
-            "for the completion. Please shorten the messages or send fewer or smaller images.",
+            f"prompt has {num_prompt_tokens} tokens (text and media), which leaves no room "
+            "for the completion. Please shorten the messages or send fewer or smaller images, "
+            "videos or document pages.",
             param=param,
         )
     if requested is not None:

@@ -97,11 +97,11 @@ class TokenProbe(nn.Module):
     def __init__(self, hidden: int) -> None:
         super().__init__()
         self.color = nn.Linear(hidden, len(COLORS) + 1)
-        self.shape = nn.Linear(hidden, len(SHAPES) + 1)
+        self.shape = nn.Linear(hidden, len(SHAPES))
         self.centre = nn.Linear(hidden, 1)
         self.where = nn.Linear(hidden, 2)
         self.count = nn.Linear(hidden, MAX_SHAPES + 1)
-        self.side = nn.Linear(hidden, 3)
+        self.side = nn.Linear(hidden, 2)
         self.order = nn.Linear(hidden, MAX_MEDIA_INDEX + 1)
 
     def loss(
@@ -109,18 +109,27 @@ class TokenProbe(nn.Module):
     ) -> torch.Tensor:
         f = feats.float()
         color, shape = split_token_class(labels[:, 0].long())
-        total = F.cross_entropy(self.color(f), color, reduction="sum")
-        total = total + F.cross_entropy(self.shape(f), shape, reduction="sum")
+        total = F.cross_entropy(self.color(f), color, reduction="sum")  # background: class 0
+        # Shape and side only where they exist: scored on every token, the background class
+        # (most tokens) would swamp them.
+        fg, side = color > 0, labels[:, 6].long()
+        total = total + _masked_ce(self.shape(f), shape - 1, fg)
+        total = total + _masked_ce(self.side(f), side - 1, side > 0)
         total = total + F.binary_cross_entropy_with_logits(
             self.centre(f)[:, 0], labels[:, 1], reduction="sum"
         )
         total = total + 4 * F.mse_loss(self.where(f), labels[:, 2:4], reduction="sum")
         total = total + F.cross_entropy(self.count(f), labels[:, 5].long(), reduction="sum")
-        total = total + F.cross_entropy(self.side(f), labels[:, 6].long(), reduction="sum")
         if mid is None:
             return total
         order = labels[:, 4].long().clamp(max=MAX_MEDIA_INDEX)
         return total + F.cross_entropy(self.order(mid.float()), order, reduction="sum")
+
+
+def _masked_ce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    if not bool(mask.any()):
+        return logits.new_zeros(())
+    return F.cross_entropy(logits[mask], target[mask], reduction="sum")
 
 
 def forward(

@@ -106,6 +106,10 @@ class PageRef:
     part_index: int
     index: int
 
+    @property
+    def param(self) -> str:
+        return f"messages[{self.message_index}].content[{self.part_index}].file"
+
 
 @dataclass(slots=True)
 class RenderedPrompt:

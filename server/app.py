@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+import math
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
+from types import FrameType
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -20,6 +24,7 @@ from server.api import chat, completions, health, models, responses, tokenize, u
 from server.api.auth import APIKeyMiddleware
 from server.api.errors import install_error_handlers
 from server.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from server.api.openapi import install_openapi
 from server.engine.contract import Engine
 from server.protocol.policy import IGNORED_HEADER
 from server.serving.chat import ChatCompletions
@@ -60,6 +65,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        serving.drain.bind(asyncio.get_running_loop())
         starting = asyncio.create_task(_start_engine(engine, on_engine_failure))
         try:
             yield
@@ -97,6 +103,7 @@ def create_app(
     if settings.ui:  # the playground at / (its files need no API key; the API still does)
         app.include_router(ui.router)
 
+    install_openapi(app)
     install_error_handlers(app)  # innermost: the last-resort 500 middleware
     app.add_middleware(
         APIKeyMiddleware,
@@ -124,10 +131,32 @@ def configure_logging(level: str) -> None:
 
 
 def run(settings: Settings) -> None:
-    """Serve until interrupted; exits with status 1 if the engine cannot start."""
+    """Serve until SIGTERM/SIGINT, drain (server/serving/drain.py), stop the engine and exit 0;
+    exit 1 if the engine cannot start. Engine processes never outlive the server."""
     import uvicorn
 
     from server.engine.vllm_engine import VLLMEngine
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn's server, starting our drain on the shutdown signal, and not re-raising the
+        signal once shut down (uvicorn does, so the process would end "killed by SIGTERM",
+        status -15, even after a clean drain)."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            drain.begin(settings.graceful_shutdown_seconds)
+            super().handle_exit(sig, frame)
+
+        @contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in _EXIT_SIGNALS}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
 
     configure_logging(settings.log_level)
     failed = False
@@ -140,15 +169,39 @@ def run(settings: Settings) -> None:
             server.should_exit = True
 
     app = create_app(settings, VLLMEngine(settings), on_engine_failure=stop_on_failure)
+    drain = app.state.serving.drain
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,  # RequestContextMiddleware writes the access log
-        timeout_graceful_shutdown=int(settings.graceful_shutdown_seconds),
+        timeout_graceful_shutdown=max(1, math.ceil(settings.graceful_shutdown_seconds)),
     )
-    server = uvicorn.Server(config)
-    server.run()
+    server = DrainingServer(config)
+    try:
+        server.run()
+    finally:
+        stop_children()
     if failed:
         raise SystemExit(1)
+
+
+_EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def stop_children(grace_s: float = 5.0) -> None:
+    """Terminate (then kill) every process this one started that is still running: the
+    engine's, whatever phase the server ended in (also mid-load, when vLLM's own shutdown
+    was never reached, and after a failed start)."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with suppress(psutil.Error):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=grace_s)
+    for child in alive:
+        with suppress(psutil.Error):
+            child.kill()
+    psutil.wait_procs(alive, timeout=grace_s)

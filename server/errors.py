@@ -186,6 +186,13 @@ class EngineStarting(APIError):
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
 
+class ServerShuttingDown(APIError):
+    """The server is draining after SIGTERM (server/serving/drain.py)."""
+
+    status_code = 503
+    code = "server_shutting_down"
+
+
 class RequestAborted(APIError):
     """The engine dropped the request (e.g. the server is shutting down)."""
 

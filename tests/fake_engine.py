@@ -38,6 +38,7 @@ class FakeEngine:
         reasoning: bool = False,
         max_num_seqs: int = 4,
         generation_defaults: dict[str, Any] | None = None,
+        step_delay: float = 0.0,
     ) -> None:
         self._tokenizer = tokenizer
         self.script = list(script)
@@ -49,6 +50,8 @@ class FakeEngine:
             preprocessor_config=PREPROCESSOR_CONFIG,
             generation_defaults=generation_defaults or {},
         )
+        self.step_delay = step_delay  # seconds between script steps (a model's pace)
+        self.steps_done = 0  # script steps generated, all requests together
         self.requests: list[GenerateRequest] = []
         self.closed: list[str] = []
         self.hold: asyncio.Event | None = None  # set: generation waits until it is set
@@ -113,7 +116,8 @@ class FakeEngine:
                         else None,
                         finish_reason="length" if last else None,
                     )
-                await asyncio.sleep(0)
+                self.steps_done += 1
+                await asyncio.sleep(self.step_delay)
         finally:
             self.closed.append(request.request_id)
 

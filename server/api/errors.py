@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.engine.contract import EngineDeadError, RequestRejectedError
@@ -116,6 +117,10 @@ async def _http_exception_handler(request: Request, exc: Exception) -> JSONRespo
         err = RouteNotFound(f"Unknown route: {request.method} {request.url.path}")
     elif exc.status_code == 405:
         err = MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}.")
+        # Starlette names the methods of the first route matching the path only.
+        err.headers["Allow"] = ", ".join(_allowed_methods(request))
+        err.headers.update({k: v for k, v in (exc.headers or {}).items() if k != "Allow"})
+        return error_response(err)
     elif exc.status_code == 400 and exc.detail == _FASTAPI_BODY_PARSE_ERROR:
         # FastAPI's answer when the JSON parser itself fails (e.g. nesting too deep to parse)
         err = InvalidRequest("The request body could not be parsed as JSON.", code="invalid_json")
@@ -125,6 +130,17 @@ async def _http_exception_handler(request: Request, exc: Exception) -> JSONRespo
         err.error_type = INVALID_REQUEST if exc.status_code < 500 else SERVER_ERROR
     err.headers.update(exc.headers or {})
     return error_response(err)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches({**request.scope, "method": next(iter(route.methods))})
+            if match == Match.FULL:
+                methods |= route.methods
+    return sorted(methods)
 
 
 async def _engine_error_handler(request: Request, exc: Exception) -> JSONResponse:

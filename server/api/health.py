@@ -32,7 +32,9 @@ async def health(ctx: Context) -> dict[str, str]:
 
 @router.get("/ready")
 async def ready(ctx: Context) -> dict[str, str]:
-    """200 once the model is loaded and warmed up; route traffic only then."""
+    """200 once the model is loaded and warmed up; route traffic only then (503 again from the
+    moment the server starts draining)."""
+    ctx.drain.check()
     if not ctx.engine.is_alive():
         raise EngineDead("The inference engine is not running.")
     if not ctx.engine.is_ready():

@@ -52,7 +52,10 @@ class ImageURL(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str = Field(min_length=1)
-    detail: Annotated[Literal["auto", "low", "high"], BeforeValidator(_detail)] = "auto"
+    detail: Annotated[
+        Literal["auto", "low", "high"],
+        BeforeValidator(_detail, json_schema_input_type=Literal["auto", "low", "high", "original"]),
+    ] = "auto"
 
 
 class VideoURL(BaseModel):
@@ -94,8 +97,12 @@ class ContentPart(BaseModel):
 
     type: Literal["text", "image_url", "video_url", "file"]
     text: str | None = None
-    image_url: Annotated[ImageURL | None, BeforeValidator(_url_object)] = None
-    video_url: Annotated[VideoURL | None, BeforeValidator(_url_object)] = None
+    image_url: Annotated[
+        ImageURL | None, BeforeValidator(_url_object, json_schema_input_type=ImageURL | str | None)
+    ] = None
+    video_url: Annotated[
+        VideoURL | None, BeforeValidator(_url_object, json_schema_input_type=VideoURL | str | None)
+    ] = None
     file: FileInput | None = None
 
     @model_validator(mode="after")
@@ -155,9 +162,10 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Annotated[Role, BeforeValidator(_role)]
-    content: Annotated[list[ContentPart], BeforeValidator(_content_parts)] = Field(
-        default_factory=list
-    )
+    content: Annotated[
+        list[ContentPart],
+        BeforeValidator(_content_parts, json_schema_input_type=str | list[ContentPart] | None),
+    ] = Field(default_factory=list)
     name: str | None = ignored("the chat template has no participant names")
     # Earlier assistant turns of a Thinking model may carry their reasoning back; it is never
     # rendered into the prompt (docs/model.md#chat-template: strip reasoning from history).

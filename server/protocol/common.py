@@ -63,7 +63,7 @@ def _normalize_stop(value: Any) -> Any:
 
 StopList = Annotated[
     list[Annotated[str, Field(min_length=1)]],
-    BeforeValidator(_normalize_stop),
+    BeforeValidator(_normalize_stop, json_schema_input_type=str | list[str] | None),
     Field(max_length=MAX_STOP_SEQUENCES),
 ]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]

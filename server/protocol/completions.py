@@ -38,7 +38,13 @@ def _normalize_prompt(value: Any) -> Any:
     )
 
 
-Prompt = Annotated[list[str] | list[list[int]], BeforeValidator(_normalize_prompt)]
+Prompt = Annotated[
+    list[str] | list[list[int]],
+    BeforeValidator(
+        _normalize_prompt,
+        json_schema_input_type=str | list[str] | list[int] | list[list[int]],
+    ),
+]
 
 
 class CompletionRequest(SamplingRequest):

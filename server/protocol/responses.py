@@ -90,7 +90,10 @@ class InputItem(BaseModel):
 
     type: Literal["message", "reasoning"] = "message"
     role: InputRole | None = None
-    content: Annotated[list[InputPart] | None, BeforeValidator(_text_parts)] = None
+    content: Annotated[
+        list[InputPart] | None,
+        BeforeValidator(_text_parts, json_schema_input_type=str | list[InputPart] | None),
+    ] = None
     id: str | None = None  # output items carry their ids and status back
     status: Literal["in_progress", "completed", "incomplete"] | None = None
     summary: list[SummaryText] | None = None
@@ -167,7 +170,10 @@ class ResponsesRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = None
-    input: Annotated[list[InputItem], BeforeValidator(_message_items)] = Field(min_length=1)
+    input: Annotated[
+        list[InputItem],
+        BeforeValidator(_message_items, json_schema_input_type=str | list[InputItem]),
+    ] = Field(min_length=1)
     instructions: str | None = None
     max_output_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)

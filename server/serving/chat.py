@@ -239,7 +239,7 @@ class ChatCompletions:
         prompt_tokens, cached = prepared.num_prompt_tokens, 0
         timer = FirstTokenTimer(prepared.started)
         try:
-            async with aclosing(self.ctx.engine.generate(prepared.engine_request)) as outputs:
+            async with aclosing(self.ctx.generate(prepared.engine_request)) as outputs:
                 async for out in outputs:
                     timer.saw(*states[out.index].add(out))
                     prompt_tokens, cached = out.num_prompt_tokens, out.num_cached_tokens
@@ -290,7 +290,7 @@ class ChatCompletions:
                 opening = call.opening()
                 if opening is not None:
                     yield self._chunk(prepared, state.index, opening)
-            async with aclosing(self.ctx.engine.generate(prepared.engine_request)) as outputs:
+            async with aclosing(self.ctx.generate(prepared.engine_request)) as outputs:
                 async for out in outputs:
                     prompt_tokens, cached = out.num_prompt_tokens, out.num_cached_tokens
                     state = states[out.index]

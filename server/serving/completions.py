@@ -168,7 +168,7 @@ class TextCompletions:
     def _streams(
         self, prepared: PreparedCompletion
     ) -> AsyncGenerator[tuple[int, GenerateOutput], None]:
-        return merge_streams([self.ctx.engine.generate(r) for r in prepared.engine_requests])
+        return merge_streams([self.ctx.generate(r) for r in prepared.engine_requests])
 
     def _usage(self, prepared: PreparedCompletion, states: list[ChoiceState]) -> Usage:
         prompt_tokens = sum(prepared.num_prompt_tokens)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import AsyncGenerator
 from functools import cached_property
 from typing import Any
 
@@ -11,6 +12,7 @@ from pydantic import BaseModel
 
 from server.engine.contract import (
     Engine,
+    GenerateOutput,
     GenerateRequest,
     ModelInfo,
     RequestRejectedError,
@@ -21,6 +23,7 @@ from server.media import MediaLimits
 from server.protocol.policy import IGNORED_HEADER, ignored_fields
 from server.serving.admission import AdmissionGate
 from server.serving.documents import DocumentPolicy
+from server.serving.drain import Drain
 from server.serving.images import ImageBudget
 from server.serving.prompt import SpecialIds
 from server.serving.sampling import generation_defaults
@@ -39,6 +42,7 @@ class ServingContext:
         self.media_limits = MediaLimits.from_settings(settings)
         self.video_policy = VideoPolicy.from_settings(settings)
         self.document_policy = DocumentPolicy.from_settings(settings)
+        self.drain = Drain()
         self.gate = AdmissionGate(
             settings.max_queued_requests, lambda: self.engine.model_info.max_num_seqs
         )
@@ -67,7 +71,8 @@ class ServingContext:
             raise ModelNotFound(requested)
 
     def check_engine(self) -> None:
-        """Fail fast (503) while the engine is dead or still starting."""
+        """Fail fast (503) while draining, or while the engine is dead or still starting."""
+        self.drain.check()
         if not self.engine.is_alive():
             raise EngineDead("The inference engine is not running; retry later.")
         if not self.engine.is_ready():
@@ -99,6 +104,10 @@ class ServingContext:
         if in_token_limit is None or in_token_limit >= budget.in_token_limit:
             return budget
         return dataclasses.replace(budget, in_token_limit=in_token_limit)
+
+    def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerateOutput, None]:
+        """The engine's outputs for `request`, cut when a drain's deadline passes."""
+        return self.drain.interruptible(self.engine.generate(request))
 
     def check(self, request: GenerateRequest, param: str | None) -> None:
         """The engine's own pre-flight check; its refusal names `param` unless it names one."""

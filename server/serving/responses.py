@@ -139,7 +139,7 @@ class Responses:
         prompt_tokens, cached = chat.num_prompt_tokens, 0
         timer = FirstTokenTimer(chat.started)
         try:
-            async with aclosing(self.ctx.engine.generate(chat.engine_request)) as outputs:
+            async with aclosing(self.ctx.generate(chat.engine_request)) as outputs:
                 async for out in outputs:
                     timer.saw(*state.add(out))
                     prompt_tokens, cached = out.num_prompt_tokens, out.num_cached_tokens
@@ -203,7 +203,7 @@ class Responses:
         try:
             yield events.lifecycle("response.created", prepared.skeleton)
             yield events.lifecycle("response.in_progress", prepared.skeleton)
-            async with aclosing(self.ctx.engine.generate(chat.engine_request)) as outputs:
+            async with aclosing(self.ctx.generate(chat.engine_request)) as outputs:
                 async for out in outputs:
                     prompt_tokens, cached = out.num_prompt_tokens, out.num_cached_tokens
                     reasoning, content = state.add(out)

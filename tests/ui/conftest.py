@@ -10,6 +10,7 @@ cannot be made to produce (see test_reasoning_block_apart_from_the_answer).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -189,12 +190,9 @@ class StandInServer:
     engine: FakeEngine
 
 
-@pytest.fixture(scope="module")
-def stand_in_server(kimi_tokenizer: TikTokenTokenizer) -> Iterator[StandInServer]:
-    """The real app on a real port over the scripted engine, as a Thinking model: its answer
-    streams `◁think▷ I see it◁/think▷ red` a piece at a time."""
-    script = ["◁think▷", " I see", " it", "◁/think▷", " red"]
-    engine = FakeEngine(kimi_tokenizer, script=script, reasoning=True)
+@contextlib.contextmanager
+def serve_stand_in(engine: FakeEngine) -> Iterator[StandInServer]:
+    """The real app on a real port (uvicorn in a thread) over `engine`."""
     settings = load_settings({"model": "fake/model", "served_model_name": ["stand-in"]})
     port = _free_port()
     config = uvicorn.Config(
@@ -209,3 +207,20 @@ def stand_in_server(kimi_tokenizer: TikTokenTokenizer) -> Iterator[StandInServer
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def stand_in_server(kimi_tokenizer: TikTokenTokenizer) -> Iterator[StandInServer]:
+    """The scripted engine as a Thinking model: its answer streams
+    `◁think▷ I see it◁/think▷ red` a piece at a time."""
+    script = ["◁think▷", " I see", " it", "◁/think▷", " red"]
+    with serve_stand_in(FakeEngine(kimi_tokenizer, script=script, reasoning=True)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def slow_stand_in_server(kimi_tokenizer: TikTokenTokenizer) -> Iterator[StandInServer]:
+    """The scripted engine at a steady model's pace: 2000 words, one every 20 ms (40 s)."""
+    engine = FakeEngine(kimi_tokenizer, script=[" word"] * 2000, step_delay=0.02)
+    with serve_stand_in(engine) as server:
+        yield server

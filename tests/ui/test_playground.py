@@ -1,10 +1,12 @@
 """The playground in a real browser (headless Chromium + Selenium) against real servers.
 
 Most tests use the real server (`python -m server`, vLLM, tiny checkpoint) with an API key and a
-small image pixel cap; one browser and one server are shared by the module. The reasoning test
-uses the stand-in engine server (tests/ui/conftest.py): the server never splits reasoning out of
-constrained output and the random tiny model cannot be made to write the think markers any
-other way, so a scripted Thinking model shows the page's reasoning block instead.
+small image pixel cap; one browser and one server are shared by the module. The reasoning and
+Stop tests use the stand-in engine server (tests/ui/conftest.py): the server never splits
+reasoning out of constrained output and the random tiny model cannot be made to write the think
+markers any other way, so a scripted Thinking model shows the page's reasoning block instead;
+and Stop needs an answer that is still streaming when it is pressed, which a scripted engine at
+a fixed pace guarantees on a loaded machine.
 """
 
 from __future__ import annotations
@@ -259,6 +261,49 @@ def test_copied_curl_and_python_run(page: Page, real: RunningServer, tmp_path: P
     )
     assert ran.returncode == 0, ran.stderr
     assert "completion_tokens=5" in ran.stdout
+
+
+STOP_WHEN_UNDER_WAY = """
+    const box = document.getElementById("conversation");
+    window.stoppedAt = null;
+    new MutationObserver((_, observer) => {
+        const answer = [...box.querySelectorAll(".answer")].pop();
+        if (answer && answer.textContent.length > 100) {
+            observer.disconnect();
+            window.stoppedAt = Date.now();
+            document.getElementById("stop").click();
+        }
+    }).observe(box, {childList: true, subtree: true, characterData: true});
+"""
+
+
+def test_stop_aborts_generation(
+    browser: webdriver.Chrome, slow_stand_in_server: StandInServer
+) -> None:
+    """Stop mid-answer: the server closes the engine's generator (the abort) at once and no
+    step is generated after it. The engine is the scripted one at a fixed pace: on a loaded
+    2-core machine the random tiny model's whole answer can reach the page in one piece,
+    leaving nothing to stop (abort on disconnect with the real engine: tests/e2e)."""
+    engine = slow_stand_in_server.engine
+    page = Page(browser, slow_stand_in_server.base_url).open()
+    wait_for(page.model_names, 10, "the model list")
+    page.clear()
+    page.driver.execute_script(STOP_WHEN_UNDER_WAY)
+    page.ask("Write forever.")
+    assert "stopped" in page.wait_done(60)
+    stopped_at = page.driver.execute_script("return window.stoppedAt")
+    assert stopped_at is not None
+    request_id = engine.requests[-1].request_id
+    wait_for(lambda: request_id in engine.closed, 5, "the engine request to be aborted")
+    done = engine.steps_done
+    time.sleep(0.5)
+    assert engine.steps_done == done, "generation went on after Stop"
+    assert 0 < done < 2000
+    length = len(page.text_of(".answer"))
+    time.sleep(0.3)
+    assert len(page.text_of(".answer")) == length
+    assert page.by_id("send").is_enabled() and not page.by_id("stop").is_enabled()
+    assert page.console_errors() == []
 
 
 def test_reasoning_block_apart_from_the_answer(

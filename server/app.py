@@ -3,7 +3,7 @@
 The lifespan starts the engine in the background, so the server answers /health at once and
 /ready turns 200 when the model is loaded and warmed up; it stops the engine on shutdown.
 Middleware, outermost first: request context (id, metrics, access log) -> CORS (only when
-configured) -> body-size limit -> API-key auth -> last-resort 500 -> routes.
+configured) -> header limits -> body limits -> API-key auth -> last-resort 500 -> routes.
 """
 
 from __future__ import annotations
@@ -23,7 +23,11 @@ from fastapi.middleware.cors import CORSMiddleware
 from server.api import chat, completions, health, models, responses, tokenize, ui
 from server.api.auth import APIKeyMiddleware
 from server.api.errors import install_error_handlers
-from server.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from server.api.middleware import (
+    BodySizeLimitMiddleware,
+    HeaderLimitMiddleware,
+    RequestContextMiddleware,
+)
 from server.api.openapi import install_openapi
 from server.engine.contract import Engine
 from server.protocol.policy import IGNORED_HEADER
@@ -112,6 +116,11 @@ def create_app(
         open_paths=ui.PUBLIC_PATHS if settings.ui else (),
     )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
+    app.add_middleware(
+        HeaderLimitMiddleware,
+        max_bytes=settings.max_header_bytes,
+        max_count=settings.max_header_count,
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -177,6 +186,8 @@ def run(settings: Settings) -> None:
         log_level=settings.log_level,
         access_log=False,  # RequestContextMiddleware writes the access log
         timeout_graceful_shutdown=max(1, math.ceil(settings.graceful_shutdown_seconds)),
+        timeout_keep_alive=max(1, math.ceil(settings.keep_alive_timeout)),
+        limit_concurrency=settings.max_connections,
     )
     server = DrainingServer(config)
     try:

@@ -118,6 +118,11 @@ class RequestTooLarge(InvalidRequest):
     code = "request_too_large"
 
 
+class RequestHeadersTooLarge(InvalidRequest):
+    status_code = 431
+    code = "request_headers_too_large"
+
+
 class InvalidAPIKey(APIError):
     status_code = 401
     error_type = INVALID_REQUEST

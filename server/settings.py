@@ -185,8 +185,23 @@ class Settings(BaseSettings):
         default=1000, ge=0, description="responses kept for /v1/responses retrieval (LRU)"
     )
     max_request_body_bytes: int = Field(default=64 * 2**20, ge=1024, description="request body cap")
+    max_header_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="request headers' total size cap (431 above it)"
+    )
+    max_header_count: int = Field(
+        default=100, ge=8, description="request header count cap (431 above it)"
+    )
+    max_connections: int | None = Field(
+        default=None, ge=1, description="open connections and requests at once (503 above it)"
+    )
+    keep_alive_timeout: float = Field(
+        default=5.0, gt=0, le=3600, description="seconds an idle keep-alive connection stays open"
+    )
     graceful_shutdown_seconds: float = Field(
-        default=30.0, ge=0, description="on SIGTERM, how long in-flight requests may finish"
+        default=30.0,
+        ge=0,
+        description="on SIGTERM, how long in-flight requests may finish (the k8s manifest's "
+        "terminationGracePeriodSeconds leaves room for it and the engine's stop)",
     )
     max_queued_requests: int = Field(
         default=256, ge=1, description="requests waiting for the engine before 503"

@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: request context (id, metrics, access log) and the body-size limit.
+"""Pure ASGI middleware: request context (id, metrics, access log), header and body limits.
 
 Pure ASGI rather than Starlette's BaseHTTPMiddleware, so streaming responses and disconnect
 detection pass through untouched.
@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.api.errors import error_response
-from server.errors import RequestTooLarge
+from server.errors import InvalidRequest, RequestHeadersTooLarge, RequestTooLarge
 from server.metrics import REQUESTS_IN_FLIGHT, record_http_request
 
 access_logger = logging.getLogger("server.access")
@@ -90,8 +90,44 @@ class RequestContextMiddleware:
             )
 
 
+class HeaderLimitMiddleware:
+    """431 for requests with more than `max_count` headers or more than `max_bytes` of them
+    (names and values), before anything reads them further."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, max_count: int) -> None:
+        self.app = app
+        self.max_bytes, self.max_count = max_bytes, max_count
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = scope["headers"]
+            size = sum(len(name) + len(value) for name, value in headers)
+            if len(headers) > self.max_count or size > self.max_bytes:
+                message = (
+                    f"The request has {len(headers)} headers ({size} bytes); this server "
+                    f"accepts at most {self.max_count} headers and {self.max_bytes} bytes."
+                )
+                await error_response(RequestHeadersTooLarge(message))(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+# JSON values (structural characters) a body may hold: a 128K-token prompt as token ids is
+# ~128K, a batch of them a few times that; millions are an attack on the parser, which would
+# hold the event loop for seconds (it runs on it) and build an error per bad value.
+MAX_JSON_VALUES = 1_000_000
+_SCAN_FROM_BYTES = 64 * 1024
+
+
+def json_value_count(body: bytes | bytearray) -> int:
+    """An upper bound of the JSON values in `body` (commas and opening brackets; base64 data
+    has none), counted in C at memory speed."""
+    return body.count(b",") + body.count(b"[") + body.count(b"{")
+
+
 class BodySizeLimitMiddleware:
-    """413 for request bodies over `max_bytes`, checked before any handler parses them.
+    """413 for request bodies over `max_bytes`, checked before any handler parses them, and
+    400 `request_too_complex` for bodies of more than MAX_JSON_VALUES values.
 
     The body is read here (bounded) and replayed to the app; later `receive` calls (the
     disconnect a streaming handler waits for) go straight to the server.
@@ -123,6 +159,13 @@ class BodySizeLimitMiddleware:
                 return
             if not message.get("more_body", False):
                 break
+        if len(body) > _SCAN_FROM_BYTES and json_value_count(body) > MAX_JSON_VALUES:
+            complex_ = InvalidRequest(
+                f"The request body holds more than {MAX_JSON_VALUES} JSON values.",
+                code="request_too_complex",
+            )
+            await error_response(complex_)(scope, receive, send)
+            return
         replayed = False
 
         async def replay() -> Message:

@@ -1,7 +1,8 @@
 """`create_app(settings, engine)`: the FastAPI app; `run(settings)`: serve it with uvicorn.
 
-The lifespan starts the engine in the background, so the server answers /health at once and
-/ready turns 200 when the model is loaded and warmed up; it stops the engine on shutdown.
+The lifespan starts the engine in the background (and restarts it if it dies), so the server
+answers /health at once and /ready turns 200 when the model is loaded and warmed up; it stops
+the engine on shutdown.
 Middleware, outermost first: request context (id, metrics, access log) -> CORS (only when
 configured) -> header limits -> body limits -> API-key auth -> last-resort 500 -> routes.
 """
@@ -30,6 +31,7 @@ from server.api.middleware import (
 )
 from server.api.openapi import install_openapi
 from server.engine.contract import Engine
+from server.engine.supervisor import EngineSupervisor
 from server.protocol.policy import IGNORED_HEADER
 from server.serving.chat import ChatCompletions
 from server.serving.completions import TextCompletions
@@ -51,26 +53,19 @@ EXPOSED_HEADERS = [
 ]
 
 
-async def _start_engine(engine: Engine, on_failure: Callable[[], None] | None) -> None:
-    try:
-        await engine.start()
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        logger.exception("The inference engine failed to start")
-        if on_failure is not None:
-            on_failure()
-
-
 def create_app(
     settings: Settings, engine: Engine, *, on_engine_failure: Callable[[], None] | None = None
 ) -> FastAPI:
-    """The HTTP app over `engine`. `on_engine_failure` runs if the engine cannot start."""
+    """The HTTP app over `engine`. `on_engine_failure` runs if the engine cannot start, or
+    dies once `settings.engine_restarts` restarts are spent (server/engine/supervisor.py)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         serving.drain.bind(asyncio.get_running_loop())
-        starting = asyncio.create_task(_start_engine(engine, on_engine_failure))
+        supervisor = EngineSupervisor(
+            engine, restarts=settings.engine_restarts, on_give_up=on_engine_failure
+        )
+        starting = asyncio.create_task(supervisor.run())
         try:
             yield
         finally:

@@ -97,6 +97,10 @@ DOCUMENT_PAGE_RENDER_SECONDS = Histogram(
     "Time PDFium took to render one page (its worker process's wall time).",
     buckets=_MEDIA_SECONDS_BUCKETS,
 )
+ENGINE_RESTARTS = Counter(
+    "kimi_vl_engine_restarts",
+    "Times the inference engine died and was restarted in-process.",
+)
 REJECTED_REQUESTS = Counter(
     "kimi_vl_rejected_requests",
     "Requests answered with an error, by error code.",

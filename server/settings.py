@@ -185,6 +185,12 @@ class Settings(BaseSettings):
         default=1000, ge=0, description="responses kept for /v1/responses retrieval (LRU)"
     )
     max_request_body_bytes: int = Field(default=64 * 2**20, ge=1024, description="request body cap")
+    engine_restarts: int = Field(
+        default=3,
+        ge=0,
+        le=100,
+        description="restarts of a dead engine before the server exits non-zero (0: exit at once)",
+    )
     max_header_bytes: int = Field(
         default=64 * 1024, ge=1024, description="request headers' total size cap (431 above it)"
     )

@@ -69,7 +69,7 @@ class FakeEngine:
         return self.info
 
     async def start(self) -> None:
-        self.ready = True
+        self.alive = self.ready = True  # also a restart after a death
 
     async def stop(self) -> None:
         self.ready = False

@@ -10,6 +10,7 @@ Closing the generator early (client gone) makes vLLM abort the request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -165,6 +166,27 @@ def _token_logprobs(token_ids: Any, steps: Any, top_n: int) -> tuple[TokenLogpro
     return tuple(out)
 
 
+def _child_pids() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def _stop_processes(pids: set[int], grace_s: float = 5.0) -> None:
+    import psutil
+
+    alive = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            process = psutil.Process(pid)
+            process.terminate()
+            alive.append(process)
+    _, left = psutil.wait_procs(alive, timeout=grace_s)
+    for process in left:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+
+
 class VLLMEngine:
     """`Engine` (server/engine/contract.py) over vLLM's AsyncLLM."""
 
@@ -172,6 +194,7 @@ class VLLMEngine:
         self._settings = settings
         self._llm: Any = None
         self._stop_ids: list[int] = []
+        self._processes: set[int] = set()  # the engine's processes (pids), once started
         self._ready = False
         self._failed = False
         self._info = ModelInfo(
@@ -194,7 +217,10 @@ class VLLMEngine:
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
-        """Load the model (in a worker thread), then warm up; /ready turns 200 afterwards."""
+        """Load the model (in a worker thread), then warm up; /ready turns 200 afterwards.
+        Also a restart after `stop()`."""
+        self._failed = self._ready = False
+        before = _child_pids()
         try:
             model = await asyncio.to_thread(resolve_model, self._settings)
             # vLLM's own message for a non-Kimi-VL folder is misleading ("contains custom
@@ -206,6 +232,7 @@ class VLLMEngine:
             from vllm.v1.engine.async_llm import AsyncLLM
 
             self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+            self._processes = _child_pids() - before
             self._place_frontend()
             self._info = await asyncio.to_thread(self._read_model_info, model)
             from server.model.tokenizer import stop_token_ids
@@ -252,10 +279,15 @@ class VLLMEngine:
             pass
 
     async def stop(self) -> None:
+        """Shut the engine down; processes of it that outlive vLLM's shutdown (a dead engine's
+        workers) are terminated."""
         self._ready = False
         llm, self._llm = self._llm, None
         if llm is not None:
             await asyncio.to_thread(llm.shutdown)
+        processes, self._processes = self._processes, set()
+        if processes:
+            await asyncio.to_thread(_stop_processes, processes)
 
     def is_alive(self) -> bool:
         if self._failed:

@@ -61,9 +61,9 @@ def test_port_and_probes_agree_with_the_server() -> None:
 
 
 def test_termination_grace_covers_prestop_and_the_servers_drain() -> None:
-    assert (
-        "timeout_graceful_shutdown=int(settings.graceful_shutdown_seconds)"
-        in (REPO / "server/app.py").read_text()
+    app = (REPO / "server/app.py").read_text()
+    assert "math.ceil(settings.graceful_shutdown_seconds)" in app and (
+        "drain.begin(settings.graceful_shutdown_seconds)" in app
     ), "server/app.py no longer drains for Settings.graceful_shutdown_seconds"
     args = " ".join(str(a) for a in SERVER.get("args", []))
     found = re.search(r"--graceful-shutdown-seconds[ =](\d+)", args)

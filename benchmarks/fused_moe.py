@@ -21,12 +21,15 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from benchmarks.common import cpu_model, sync, timed, write_json
-from benchmarks.moe_peers import make_peer
+if __package__ in (None, ""):  # run as a file (`python benchmarks/x.py`): find the repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import cpu_model, sync, timed, write_json  # noqa: E402
+from benchmarks.moe_peers import make_peer  # noqa: E402
 from kernels.fused_moe import MoEWeights, fused_moe, select_experts
 from kernels.fused_moe.cpu_vllm import cpu_has
 

@@ -40,7 +40,9 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from benchmarks.common import free_port, write_json
+if __package__ in (None, ""):  # run as a file (`python benchmarks/x.py`): find the repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import free_port, write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SERVED_NAME = "bench-model"

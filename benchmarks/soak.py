@@ -34,8 +34,10 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from benchmarks.common import write_json
-from benchmarks.serve import ENGINE_FLAGS, SERVED_NAME, _percentile, _process_tree, launched, say
+if __package__ in (None, ""):  # run as a file (`python benchmarks/x.py`): find the repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import write_json  # noqa: E402
+from benchmarks.serve import ENGINE_FLAGS, SERVED_NAME, _percentile, _process_tree, launched, say  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 WARM_UP_S = 120.0  # growth is measured from minute 2: start-up allocations are not a leak

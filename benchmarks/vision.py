@@ -34,13 +34,16 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.common import device_name, sync, write_json
+if __package__ in (None, ""):  # run as a file (`python benchmarks/x.py`): find the repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import device_name, sync, write_json  # noqa: E402
 from server.model.image_processing import ImageProcessorConfig, preprocess_image
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

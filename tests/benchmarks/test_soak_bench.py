@@ -32,3 +32,19 @@ def test_a_short_soak_reports_requests_errors_and_memory(tmp_path: Path) -> None
     first = report["rss_samples"][0]
     assert first["total_mib"] > 100 and any("python" in k or "VLLM" in k for k in first)
     assert isinstance(report["rss_growth_pct_from_minute_2"], float)
+
+
+@pytest.mark.parametrize("script", ["serve", "soak", "vision", "fused_moe", "demo_accuracy"])
+def test_benchmark_scripts_run_as_files(script: str) -> None:
+    """The README runs them as `python benchmarks/<name>.py`, not only as modules."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    ran = subprocess.run(
+        [sys.executable, str(repo / "benchmarks" / f"{script}.py"), "--help"],
+        cwd=repo / "tests",  # any directory: the script finds the repository itself
+        capture_output=True,
+        text=True,
+    )
+    assert ran.returncode == 0, ran.stderr[-2000:]

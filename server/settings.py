@@ -313,6 +313,13 @@ class Settings(BaseSettings):
         le=600.0,
         description="seconds PDFium may take to open a document or to render one page",
     )
+    mm_processor_cache_gb: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=64.0,
+        description="GiB of processed images kept for re-use (multi-turn chats resend them), in "
+        "the API process and each engine core; 0 = none",
+    )
     max_image_pixels: int = Field(
         default=50_000_000,
         ge=1,

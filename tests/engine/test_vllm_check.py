@@ -72,15 +72,19 @@ def test_engine_args_follow_the_settings() -> None:
     assert default.served_model_name == ["a", "b"] and default.scheduling_policy == "fcfs"
     assert default.structured_outputs_config.disable_any_whitespace  # compact JSON by default
     assert default.enable_prefix_caching is None  # vLLM's default unless set
+    assert default.mm_processor_cache_gb == 1.0  # bounded below vLLM's 4 GiB
+    assert default.limit_mm_per_prompt == {"image": 64 + 100, "video": 4}  # images + PDF pages
     chosen = engine_args(
         load_settings(
             {
                 "enable_prefix_caching": False,
                 "scheduling_policy": "priority",
                 "json_whitespace": True,
+                "mm_processor_cache_gb": 0,
             }
         ),
         "/ckpt",
     )
     assert chosen.enable_prefix_caching is False and chosen.scheduling_policy == "priority"
     assert not chosen.structured_outputs_config.disable_any_whitespace
+    assert chosen.mm_processor_cache_gb == 0

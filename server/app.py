@@ -21,7 +21,7 @@ from types import FrameType
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from server.api import chat, completions, health, models, responses, tokenize, ui
+from server.api import chat, completions, files, health, models, responses, tokenize, ui
 from server.api.auth import APIKeyMiddleware
 from server.api.errors import install_error_handlers
 from server.api.middleware import (
@@ -43,6 +43,7 @@ from server.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+UPLOAD_OVERHEAD_BYTES = 64 * 1024  # multipart framing and form fields around an upload
 # Response headers a browser app may read (CORS): ours, beside the standard ones.
 EXPOSED_HEADERS = [
     "X-Request-Id",
@@ -89,10 +90,12 @@ def create_app(
         serving, app.state.chat, ResponseStore(settings.responses_store_size)
     )
     app.state.tokenization = Tokenization(serving)
+    app.state.files = serving.files
     routers = (
         chat.router,
         completions.router,
         responses.router,
+        files.router,
         tokenize.router,
         models.router,
         health.router,
@@ -110,7 +113,12 @@ def create_app(
         open_probes=settings.open_health_and_metrics,
         open_paths=ui.PUBLIC_PATHS if settings.ui else (),
     )
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_request_body_bytes,
+        # uploads are streamed to disk (and checked there), not held here
+        streamed={"/v1/files": settings.max_file_bytes + UPLOAD_OVERHEAD_BYTES},
+    )
     app.add_middleware(
         HeaderLimitMiddleware,
         max_bytes=settings.max_header_bytes,

@@ -152,6 +152,12 @@ class ResponseNotFound(APIError):
         super().__init__(f"Response with id '{response_id}' not found.", param=param)
 
 
+class FileNotFound(APIError):
+    status_code = 404
+    error_type = INVALID_REQUEST
+    code = "file_not_found"
+
+
 class RouteNotFound(APIError):
     status_code = 404
     error_type = INVALID_REQUEST

@@ -70,6 +70,10 @@ def _default_tiny_dir() -> Path:
     return Path.home() / ".cache" / "kimi-vl-server" / f"tiny-{_package_version()}"
 
 
+def _default_state_dir() -> Path:
+    return Path.home() / ".cache" / "kimi-vl-server" / "state"
+
+
 def resolve_preset_path(preset: str) -> Path:
     """Map a preset name (`tiny`, `kimi-vl-a3b-thinking`) or a YAML path to an existing file."""
     candidate = Path(preset).expanduser()
@@ -162,6 +166,13 @@ class Settings(BaseSettings):
     )
     tiny_checkpoint_dir: Path = Field(
         default_factory=_default_tiny_dir, description="cache folder of the tiny checkpoint"
+    )
+    state_dir: Path = Field(
+        default_factory=_default_state_dir,
+        description="durable state: uploaded files (Files API) and their SQLite database",
+    )
+    max_file_bytes: int = Field(
+        default=200 * 2**20, ge=1024, description="largest file /v1/files accepts"
     )
 
     # -- HTTP ---------------------------------------------------------------------------------
@@ -406,7 +417,7 @@ class Settings(BaseSettings):
             raise ValueError(f"{value} is not an existing directory")
         return resolved
 
-    @field_validator("tiny_checkpoint_dir")
+    @field_validator("tiny_checkpoint_dir", "state_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return Path(value).expanduser()

@@ -238,6 +238,8 @@ FLAG_CASES: dict[str, tuple[list[str], object]] = {
     "max_video_tokens": (["--max-video-tokens", "32768"], 32768),
     "max_video_seconds": (["--max-video-seconds", "90"], 90.0),
     "max_document_pages": (["--max-document-pages", "12"], 12),
+    "state_dir": (["--state-dir", "/srv/kimi"], Path("/srv/kimi")),
+    "max_file_bytes": (["--max-file-bytes", "4096"], 4096),
     "mm_processor_cache_gb": (["--mm-processor-cache-gb", "0.5"], 0.5),
     "max_document_tokens": (["--max-document-tokens", "5000"], 5000),
     "document_page_timeout": (["--document-page-timeout", "2.5"], 2.5),

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from server.serving.chat import ChatCompletions
 from server.serving.completions import TextCompletions
 from server.serving.context import ServingContext
+from server.serving.files import Files
 from server.serving.responses import Responses
 from server.serving.tokenize import Tokenization
 
@@ -33,6 +34,11 @@ def _tokenization(request: Request) -> Tokenization:
     return service
 
 
+def _files(request: Request) -> Files:
+    service: Files = request.app.state.files
+    return service
+
+
 def _responses(request: Request) -> Responses:
     service: Responses = request.app.state.responses
     return service
@@ -48,5 +54,6 @@ Context = Annotated[ServingContext, Depends(_context)]
 Chat = Annotated[ChatCompletions, Depends(_chat)]
 Completions = Annotated[TextCompletions, Depends(_completions)]
 ResponsesService = Annotated[Responses, Depends(_responses)]
+FilesService = Annotated[Files, Depends(_files)]
 RequestId = Annotated[str, Depends(request_id)]
 Tokenize = Annotated[Tokenization, Depends(_tokenization)]

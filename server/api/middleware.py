@@ -10,7 +10,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import Request
@@ -133,13 +133,20 @@ class BodySizeLimitMiddleware:
     disconnect a streaming handler waits for) go straight to the server.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, streamed: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.streamed = dict(streamed or {})  # path -> its own cap; read by the app, counted here
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
+            return
+        cap = self.streamed.get(scope["path"])
+        if cap is not None:
+            await self._counted(scope, receive, send, cap)
             return
         too_large = RequestTooLarge(
             f"The request body is larger than the server's limit of {self.max_bytes} bytes."
@@ -176,3 +183,23 @@ class BodySizeLimitMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _counted(self, scope: Scope, receive: Receive, send: Send, cap: int) -> None:
+        """Pass the body through as the app reads it; past `cap` bytes the read fails with a
+        413 (the app has not answered yet: it is still reading)."""
+        too_large = RequestTooLarge(f"The request body is larger than this route's {cap} bytes.")
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > cap:
+            await error_response(too_large)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counting() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > cap:
+                raise too_large
+            return message
+
+        await self.app(scope, counting, send)

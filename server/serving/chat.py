@@ -105,6 +105,7 @@ async def build_chat_prompt(ctx: ServingContext, request: ChatCompletionRequest)
         policy=ctx.document_policy,
         limits=ctx.media_limits,
         budget=budget,
+        files=ctx.files,
     )
     rendered = render_prompt(
         request.messages,

@@ -24,11 +24,13 @@ from server.protocol.policy import IGNORED_HEADER, ignored_fields
 from server.serving.admission import AdmissionGate
 from server.serving.documents import DocumentPolicy
 from server.serving.drain import Drain
+from server.serving.files import Files
 from server.serving.images import ImageBudget
 from server.serving.prompt import SpecialIds
 from server.serving.sampling import generation_defaults
 from server.serving.videos import VideoPolicy
 from server.settings import Settings
+from server.store.files import FileStore
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ class ServingContext:
         self.video_policy = VideoPolicy.from_settings(settings)
         self.document_policy = DocumentPolicy.from_settings(settings)
         self.drain = Drain()
+        self.files = Files(FileStore(settings.state_dir), settings.max_file_bytes)
         self.gate = AdmissionGate(
             settings.max_queued_requests, lambda: self.engine.model_info.max_num_seqs
         )

@@ -1,7 +1,8 @@
 """The documents (PDF `file` parts) of one chat request: options within the server's caps,
 page selection, a token budget per page, rendering (server/media/document.py), token count.
 
-A document becomes, in page order, `Page N:` (N = the page's number in the file) followed by an
+The PDF comes as `file_data` (a data: URL or bare base64), `file_url` (fetched like an image
+URL) or `file_id` (uploaded with the Files API). A document becomes, in page order, `Page N:` (N = the page's number in the file) followed by an
 ordinary image block per page (server/serving/prompt.py); from there a page is an image like
 any other. The page images are rendered at `dpi` (default: the highest at which an A4 page fits
 the model's per-image budget), then scaled down where needed so that every page fits
@@ -38,6 +39,7 @@ from server.model.image_processing import (
     resized_size,
 )
 from server.protocol.chat import ChatMessage, DocumentOptions, FileInput
+from server.serving.files import Files
 from server.serving.images import ImageBudget, PreparedImage
 from server.settings import Settings
 
@@ -244,6 +246,7 @@ async def prepare_documents(
     policy: DocumentPolicy,
     limits: MediaLimits,
     budget: ImageBudget,
+    files: Files | None = None,
 ) -> dict[tuple[int, int], PreparedDocument]:
     """Fetch and render every document, in prompt order (one at a time: each is CPU-bound
     and runs in its own process). The first failure is raised with `param` naming its part."""
@@ -258,7 +261,7 @@ async def prepare_documents(
     for ref in refs:
         plan = _PagePlan(options, dpi, tokens_each, pages_left, budget.in_token_limit, cfg)
         try:
-            data = await _file_bytes(ref.file, limits)
+            data = await _file_bytes(ref.file, limits, files)
             rendered = await render_pdf(data, plan, page_timeout_s=policy.page_timeout_s)
             images = [page.image for page in rendered.pages]
             pages = await asyncio.to_thread(_fit_pages, images, cfg, plan.per_page)
@@ -273,12 +276,11 @@ async def prepare_documents(
     return out
 
 
-async def _file_bytes(file: FileInput, limits: MediaLimits) -> bytes:
+async def _file_bytes(file: FileInput, limits: MediaLimits, files: Files | None) -> bytes:
     if file.file_id is not None:
-        raise UnsupportedParameter(
-            "'file_id' needs the Files API, which this server does not offer yet; send the "
-            "PDF as 'file_data' (a data: URL or base64)."
-        )
+        if files is None:
+            raise UnsupportedParameter("'file_id' needs the Files API, which is not enabled.")
+        return await files.read(file.file_id, limits.max_bytes)
     url = file.file_url or file.file_data or ""
     if file.file_data is not None and not url.startswith("data:"):
         url = "data:application/pdf;base64," + url

@@ -278,7 +278,6 @@ async def test_bad_documents_get_envelopes(
         ({"type": "file", "file": {}}, "messages[0].content[0]"),
         ({"type": "file", "file": {"file_data": "x", "file_id": "y"}}, "messages[0].content[0]"),
         ({"type": "file"}, "messages[0].content[0]"),
-        ({"type": "file", "file": {"file_id": "file-abc"}}, FILE),
     ],
 )
 async def test_malformed_file_parts(

@@ -183,6 +183,7 @@ def running_server(work: Path, *extra_args: str) -> Iterator[RunningServer]:
         sys.executable, "-m", "server",
         "--port", str(port),
         "--tiny-checkpoint-dir", str(tiny_dir),
+        "--state-dir", str(work / "state"),
         "--log-level", "warning",
         *extra_args,
     ]  # fmt: skip

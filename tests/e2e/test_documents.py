@@ -150,3 +150,29 @@ def _cmdline(process: psutil.Process) -> list[str]:
         return process.cmdline()
     except psutil.Error:
         return []
+
+
+def test_sdk_files_api_and_a_pdf_by_file_id(client: openai.OpenAI, tmp_path: Any) -> None:
+    path = tmp_path / "doc.pdf"
+    path.write_bytes(pdf(2))
+    uploaded = client.files.create(file=path.open("rb"), purpose="user_data")
+    assert uploaded.filename == "doc.pdf" and uploaded.bytes == path.stat().st_size
+    assert client.files.retrieve(uploaded.id).id == uploaded.id
+    assert client.files.content(uploaded.id).read() == path.read_bytes()
+    assert uploaded.id in [f.id for f in client.files.list()]
+    messages: Any = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "file", "file": {"file_id": uploaded.id}},
+                {"type": "text", "text": QUESTION},
+            ],
+        }
+    ]
+    raw = client.chat.completions.with_raw_response.create(
+        model=TINY_MODEL_NAME, messages=messages, max_tokens=1, extra_body={"document": DOCUMENT}
+    )
+    assert raw.headers["X-Document-Pages"] == "2"
+    assert client.files.delete(uploaded.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(uploaded.id)

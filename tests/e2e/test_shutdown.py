@@ -80,6 +80,7 @@ def test_sigterm_while_the_engine_loads_leaves_no_process_behind(tmp_path: Path)
         sys.executable, "-m", "server",
         "--port", str(_free_port()),
         "--tiny-checkpoint-dir", str(tmp_path / "tiny"),
+        "--state-dir", str(tmp_path / "state"),
         "--log-level", "warning",
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("KIMI_VL_")}

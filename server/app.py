@@ -17,11 +17,23 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from types import FrameType
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from pydantic import BaseModel
 
-from server.api import chat, completions, files, health, models, responses, tokenize, ui
+from server.api import (
+    batches,
+    chat,
+    completions,
+    files,
+    health,
+    models,
+    responses,
+    tokenize,
+    ui,
+)
 from server.api.auth import APIKeyMiddleware
 from server.api.errors import install_error_handlers
 from server.api.middleware import (
@@ -33,6 +45,7 @@ from server.api.openapi import install_openapi
 from server.engine.contract import Engine
 from server.engine.supervisor import EngineSupervisor
 from server.protocol.policy import IGNORED_HEADER
+from server.serving.batches import BATCH_PRIORITY, Batches, Service
 from server.serving.chat import ChatCompletions
 from server.serving.completions import TextCompletions
 from server.serving.context import ServingContext
@@ -40,6 +53,7 @@ from server.serving.response_store import ResponseStore
 from server.serving.responses import Responses
 from server.serving.tokenize import Tokenization
 from server.settings import Settings
+from server.store.batches import BatchStore
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +81,14 @@ def create_app(
             engine, restarts=settings.engine_restarts, on_give_up=on_engine_failure
         )
         starting = asyncio.create_task(supervisor.run())
+        batch_runner = asyncio.create_task(app.state.batches.run())
         try:
             yield
         finally:
-            starting.cancel()
-            with suppress(asyncio.CancelledError):
-                await starting
+            for task in (batch_runner, starting):
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
             await engine.stop()
 
     app = FastAPI(
@@ -91,11 +107,22 @@ def create_app(
     )
     app.state.tokenization = Tokenization(serving)
     app.state.files = serving.files
+    app.state.batches = Batches(
+        BatchStore(settings.state_dir),
+        serving.files,
+        batch_services(app.state.chat, app.state.completions, app.state.responses),
+        concurrency=settings.batch_concurrency,
+        has_free_slot=lambda: (
+            engine.is_ready() and serving.gate.active < serving.model_info.max_num_seqs
+        ),
+        priority=BATCH_PRIORITY if settings.scheduling_policy == "priority" else 0,
+    )
     routers = (
         chat.router,
         completions.router,
         responses.router,
         files.router,
+        batches.router,
         tokenize.router,
         models.router,
         health.router,
@@ -134,6 +161,27 @@ def create_app(
         )
     app.add_middleware(RequestContextMiddleware)  # outermost
     return app
+
+
+def batch_services(chat: Any, completions: Any, responses: Any) -> dict[str, Service]:
+    """endpoint -> run one request in-process (prepare + complete, the admission seat freed)."""
+
+    def runner(service: Any) -> Service:
+        async def run(request: BaseModel, request_id: str) -> BaseModel:
+            prepared = await service.prepare(request, request_id)
+            try:
+                result: BaseModel = await service.complete(prepared)
+                return result
+            finally:
+                prepared.done()
+
+        return run
+
+    return {
+        "/v1/chat/completions": runner(chat),
+        "/v1/completions": runner(completions),
+        "/v1/responses": runner(responses),
+    }
 
 
 def configure_logging(level: str) -> None:

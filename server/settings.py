@@ -171,6 +171,13 @@ class Settings(BaseSettings):
         default_factory=_default_state_dir,
         description="durable state: uploaded files (Files API) and their SQLite database",
     )
+    batch_concurrency: int = Field(
+        default=2,
+        ge=1,
+        le=256,
+        description="batch requests running at once (they start only while the engine has a "
+        "free sequence slot)",
+    )
     max_file_bytes: int = Field(
         default=200 * 2**20, ge=1024, description="largest file /v1/files accepts"
     )
@@ -323,6 +330,12 @@ class Settings(BaseSettings):
         gt=0.0,
         le=600.0,
         description="seconds PDFium may take to open a document or to render one page",
+    )
+    cpu_malloc_mmap_threshold: int = Field(
+        default=1 << 20,
+        ge=0,
+        description="CPU engine: allocations of at least this many bytes are mmapped and given "
+        "back when freed (glibc MALLOC_MMAP_THRESHOLD_; 0 = glibc's own moving threshold)",
     )
     mm_processor_cache_gb: float = Field(
         default=1.0,

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from server.serving.batches import Batches
 from server.serving.chat import ChatCompletions
 from server.serving.completions import TextCompletions
 from server.serving.context import ServingContext
@@ -39,6 +40,11 @@ def _files(request: Request) -> Files:
     return service
 
 
+def _batches(request: Request) -> Batches:
+    service: Batches = request.app.state.batches
+    return service
+
+
 def _responses(request: Request) -> Responses:
     service: Responses = request.app.state.responses
     return service
@@ -55,5 +61,6 @@ Chat = Annotated[ChatCompletions, Depends(_chat)]
 Completions = Annotated[TextCompletions, Depends(_completions)]
 ResponsesService = Annotated[Responses, Depends(_responses)]
 FilesService = Annotated[Files, Depends(_files)]
+BatchesService = Annotated[Batches, Depends(_batches)]
 RequestId = Annotated[str, Depends(request_id)]
 Tokenize = Annotated[Tokenization, Depends(_tokenization)]

@@ -1,0 +1,74 @@
+"""`kimi-vl-batch` end to end on the tiny checkpoint: every custom_id answered once in OpenAI's
+output format (failures too), a rerun after losing lines does only what is missing, a finished
+file needs no engine, and a bad input line stops the run with its number."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def line(custom_id: str, **body: object) -> str:
+    request = {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"messages": [{"role": "user", "content": f"Say {custom_id}"}], "max_tokens": 3,
+                 **body},
+    }  # fmt: skip
+    return json.dumps(request) + "\n"
+
+
+def run(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [
+        sys.executable, "-m", "server.batch_cli", *args,
+        "--preset", "tiny", "--tiny-checkpoint-dir", str(tmp / "tiny"),
+        "--state-dir", str(tmp / "state"), "--log-level", "warning",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KIMI_VL_")}
+    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def outputs(path: Path) -> list[dict[str, object]]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_offline_batch_runs_resumes_and_checks_its_input(tmp_path: Path) -> None:
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_text("".join(line(f"r{i}") for i in range(4)) + line("bad", model="nope"))
+    first = run(tmp_path, "-i", str(source), "-o", str(out))
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = outputs(out)
+    assert sorted(r["custom_id"] for r in results) == ["bad", "r0", "r1", "r2", "r3"]  # type: ignore[type-var]
+    by_id = {r["custom_id"]: r["response"] for r in results}
+    for i in range(4):
+        response = by_id[f"r{i}"]
+        assert response["status_code"] == 200  # type: ignore[index]
+        assert response["body"]["usage"]["completion_tokens"] == 3  # type: ignore[index]
+    assert by_id["bad"]["status_code"] == 404  # type: ignore[index]
+    assert by_id["bad"]["body"]["error"]["code"] == "model_not_found"  # type: ignore[index]
+    assert "5 requests in" in first.stderr and "1 failed" in first.stderr
+
+    kept = out.read_text().splitlines(keepends=True)[:3]  # two lines lost, one half-written
+    out.write_text("".join(kept) + '{"id": "batch_req_x", "custom_id": "r')
+    second = run(tmp_path, "-i", str(source), "-o", str(out))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "2 requests in" in second.stderr and "3 were done before" in second.stderr
+    ids = [r["custom_id"] for r in outputs(out)]
+    assert sorted(ids) == ["bad", "r0", "r1", "r2", "r3"]  # type: ignore[type-var]
+
+    third = run(tmp_path, "-i", str(source), "-o", str(out))
+    assert third.returncode == 0 and "already in" in third.stderr
+
+    source.write_text(line("a") + "{not json}\n")
+    bad = run(tmp_path, "-i", str(source), "-o", str(tmp_path / "other.jsonl"))
+    assert bad.returncode == 2 and "Line 2 of the batch file is invalid" in bad.stderr

@@ -66,8 +66,8 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --gid 10001 app \
     && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/app --shell /usr/sbin/nologin app \
-    && mkdir -p /models \
-    && chown 10001:10001 /models
+    && mkdir -p /models /state \
+    && chown 10001:10001 /models /state
 COPY --from=builder /opt/venv /opt/venv
 COPY --from=builder /app /app
 COPY docker/healthcheck.py /usr/local/bin/kimi-vl-healthcheck
@@ -76,9 +76,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     HF_HOME=/models \
     VLLM_NO_USAGE_STATS=1 \
     KIMI_VL_HOST=0.0.0.0 \
-    KIMI_VL_PORT=8000
+    KIMI_VL_PORT=8000 \
+    KIMI_VL_STATE_DIR=/state
 # Hugging Face cache (weights are 32.8 GB): mount a volume so restarts do not download again.
-VOLUME ["/models"]
+# /state: uploaded files and batch jobs (SQLite + files), kept across restarts.
+VOLUME ["/models", "/state"]
 WORKDIR /app
 USER 10001:10001
 EXPOSE 8000

@@ -89,7 +89,7 @@ def test_final_stage_runs_the_server_as_non_root(dockerfile: Path) -> None:
     assert final.args("ENTRYPOINT") == ['["kimi-vl-serve"]']
     assert any("--from=builder /opt/venv /opt/venv" in a for a in final.args("COPY"))
     assert final.args("EXPOSE") == [str(PORT)]
-    assert final.args("VOLUME") == ['["/models"]']
+    assert final.args("VOLUME") == ['["/models", "/state"]']  # weights; files and batches
     env = " ".join(final.args("ENV"))
     assert "HF_HOME=/models" in env and f"KIMI_VL_PORT={PORT}" in env
     assert "KIMI_VL_HOST=0.0.0.0" in env, "a container must listen beyond its loopback"

@@ -34,7 +34,9 @@ def test_a_short_soak_reports_requests_errors_and_memory(tmp_path: Path) -> None
     assert isinstance(report["rss_growth_pct_from_minute_2"], float)
 
 
-@pytest.mark.parametrize("script", ["serve", "soak", "vision", "fused_moe", "demo_accuracy"])
+@pytest.mark.parametrize(
+    "script", ["serve", "soak", "batch", "vision", "fused_moe", "demo_accuracy"]
+)
 def test_benchmark_scripts_run_as_files(script: str) -> None:
     """The README runs them as `python benchmarks/<name>.py`, not only as modules."""
     import subprocess

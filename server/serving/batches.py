@@ -279,7 +279,7 @@ class Batches:
             return
         except APIError as exc:
             body_out = exc.envelope().model_dump()
-            result = _line(request_id, custom_id, exc.status_code, body_out)
+            result = result_line(request_id, custom_id, exc.status_code, body_out)
             await asyncio.to_thread(
                 self.store.add_result, batch.id, custom_id, number, False, result
             )
@@ -287,12 +287,12 @@ class Batches:
         except Exception as exc:  # a validation error the upload check did not foresee
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             envelope = {"error": {"message": message, "type": "invalid_request_error"}}
-            result = _line(request_id, custom_id, 400, envelope)
+            result = result_line(request_id, custom_id, 400, envelope)
             await asyncio.to_thread(
                 self.store.add_result, batch.id, custom_id, number, False, result
             )
             return
-        result = _line(request_id, custom_id, 200, answer.model_dump(exclude_none=True))
+        result = result_line(request_id, custom_id, 200, answer.model_dump(exclude_none=True))
         await asyncio.to_thread(self.store.add_result, batch.id, custom_id, number, True, result)
 
     async def _finalize(self, batch: StoredBatch) -> None:
@@ -327,7 +327,9 @@ class Batches:
         return out
 
 
-def _line(request_id: str, custom_id: str, status: int, body: dict[str, Any]) -> dict[str, Any]:
+def result_line(
+    request_id: str, custom_id: str, status: int, body: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "id": request_id,
         "custom_id": custom_id,

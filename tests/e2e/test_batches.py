@@ -84,7 +84,8 @@ def test_a_batch_survives_kill_9(tmp_path_factory: pytest.TempPathFactory) -> No
             assert batch.request_counts is not None
             if batch.request_counts.completed >= 20:
                 break
-            assert time.monotonic() < deadline and batch.status == "in_progress", batch
+            assert time.monotonic() < deadline, batch
+            assert batch.status in ("validating", "in_progress"), batch
             time.sleep(0.1)
         assert batch.request_counts.completed < 200, "finished before the crash"
         os.killpg(first.pid, signal.SIGKILL)  # no drain, no shutdown: a crash

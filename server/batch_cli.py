@@ -4,7 +4,7 @@ The input is OpenAI's batch input format (one request per line: `custom_id`, `me
 `body`; checked line by line before anything runs); the output is OpenAI's batch output format
 (`id`, `custom_id`, `response: {status_code, request_id, body}`, `error`), one line per request,
 failures included. The engine runs in this process (no HTTP), with the same request handling as
-the server, `--concurrency` requests at a time (default: the engine's max_num_seqs). Every line
+the server, `--concurrency` requests at a time (default: 4 x the engine's max_num_seqs). Every line
 is appended and flushed as its request finishes, so an interrupted run loses nothing: running
 the same command again skips the `custom_id`s already in the output file. Any server flag
 (`--model`, `--preset`, `--max-model-len`, …) configures the engine; with none, the built-in
@@ -27,6 +27,7 @@ from typing import Any
 from tqdm import tqdm
 
 PROG = "kimi-vl-batch"
+QUEUE_FACTOR = 4  # requests in flight per engine sequence slot (default --concurrency)
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -37,7 +38,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     )
     parser.add_argument("-i", "--input", type=Path, required=True, help="batch input JSONL")
     parser.add_argument("-o", "--output", type=Path, required=True, help="batch output JSONL")
-    parser.add_argument("--concurrency", type=int, help="requests at once (default max_num_seqs)")
+    parser.add_argument(
+        "--concurrency", type=int, help="requests at once (default 4 x the engine's max_num_seqs)"
+    )
     return parser.parse_known_args(argv)
 
 
@@ -91,7 +94,9 @@ async def run(args: argparse.Namespace, settings_argv: list[str]) -> int:
     await engine.start()
     failed = 0
     try:
-        concurrency = args.concurrency or engine.model_info.max_num_seqs
+        # More in flight than the engine runs: the next requests are prepared (template,
+        # images decoded) and queued while the engine works, so it never waits for them.
+        concurrency = args.concurrency or QUEUE_FACTOR * engine.model_info.max_num_seqs
         gate = asyncio.Semaphore(max(1, concurrency))
         bar = tqdm(total=len(requests), initial=len(done), unit="req", desc=PROG, file=sys.stderr)
         with open(args.output, "ab") as out:

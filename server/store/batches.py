@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import json
 import secrets
+import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from server.store.files import connect
+from server.store.files import connect, transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -93,16 +93,8 @@ class BatchStore:
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
 
-    @contextmanager
-    def _tx(self) -> Iterator[Any]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._db, self._lock)
 
     def create(
         self,

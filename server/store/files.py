@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -42,6 +42,19 @@ class StoredFile:
     purpose: str
 
 
+@contextmanager
+def transaction(db: sqlite3.Connection, lock: threading.Lock) -> Iterator[sqlite3.Connection]:
+    """One write transaction on `db` (autocommit connection), one writer per `lock`."""
+    with lock:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+
 def connect(path: Path) -> sqlite3.Connection:
     """A connection in WAL mode (readers never block the writer; commits survive a crash)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,16 +75,8 @@ class FileStore:
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()  # one writer at a time on this connection
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._db, self._lock)
 
     def add(self, source: BinaryIO, *, filename: str, purpose: str, max_bytes: int) -> StoredFile:
         """Copy `source` in (at most `max_bytes`: ValueError above) and record it."""

@@ -147,7 +147,7 @@ async def test_batch_requests_stay_within_their_concurrency(
         assert interactive.status_code == 200
         await wait_status(client, batch["id"], ("completed",))
         watcher.cancel()
-        assert 1 <= most <= 3  # 2 batch requests + the interactive one, never more
+        assert 0 < most <= 3  # 2 batch requests + the interactive one, never more
 
 
 async def test_cancel_keeps_what_was_done(kimi_tokenizer: Any, tmp_path: Path) -> None:

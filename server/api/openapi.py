@@ -60,8 +60,8 @@ def _schema(app: FastAPI) -> dict[str, Any]:
                 )
             if method == "post" and path in _STREAMING:
                 ok = responses["200"].setdefault("content", {})
-                ok["text/event-stream"] = {
-                    "schema": {"type": "string", "description": "SSE events, `stream: true`"}
+                ok["text/event-stream"] = {  # each event: `data:` a JSON chunk, then [DONE]
+                    "schema": {"description": "server-sent events, with `stream: true`"}
                 }
             if path == "/metrics":
                 responses["200"]["content"] = {

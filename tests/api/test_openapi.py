@@ -96,7 +96,12 @@ schema = schemathesis.openapi.from_asgi(
 
 
 @schema.parametrize()
-@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=True,  # the same cases every run: CI never fails on a lucky draw
+)
 def test_fuzzed_requests_get_documented_answers(case: Any) -> None:
     """Excluded checks: cross-field rules (e.g. a tool message needs `content`) make some
     schema-valid bodies 400s, as with OpenAI; and request fields are read with pydantic's lax

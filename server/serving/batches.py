@@ -249,8 +249,8 @@ class Batches:
                     current = await self._stored(batch.id)
                     if current.status != "in_progress":
                         return False
-                    if time.time() > current.expires_at:
-                        await asyncio.to_thread(self.store.set_status, batch.id, "expired")
+                    if time.time() > current.expires_at:  # finalized as expired
+                        await asyncio.to_thread(self.store.set_status, batch.id, "finalizing")
                         return False
                     if len(running) < self.concurrency and self.has_free_slot():
                         break
@@ -299,7 +299,12 @@ class Batches:
         ending = batch.status
         if ending == "in_progress":
             await asyncio.to_thread(self.store.set_status, batch.id, "finalizing")
-        final = {"cancelling": "cancelled", "expired": "expired"}.get(ending, "completed")
+        unfinished = batch.completed + batch.failed < batch.total
+        final = "completed"
+        if ending == "cancelling":
+            final = "cancelled"
+        elif unfinished and time.time() > batch.expires_at:
+            final = "expired"
         outputs = await asyncio.to_thread(self.store.results, batch.id, True)
         errors = await asyncio.to_thread(self.store.results, batch.id, False)
         output_id = await self._write(batch, outputs, "output")

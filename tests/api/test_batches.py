@@ -221,3 +221,21 @@ async def test_bad_creations(
         assert error["param"] == param and (code is None or error["code"] == code)
         missing = await client.get("/v1/batches/batch_nope")
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "batch_not_found"
+
+
+async def test_an_expired_batch_keeps_what_was_done(kimi_tokenizer: Any, tmp_path: Path) -> None:
+    lines = [line(f"r{i}") for i in range(40)]
+    async with served(kimi_tokenizer, tmp_path, step_delay=0.02) as (client, _):
+        batch = await start_batch(client, lines)
+        await wait_status(client, batch["id"], ("in_progress",))
+        while (await client.get(f"/v1/batches/{batch['id']}")).json()["request_counts"][
+            "completed"
+        ] < 2:
+            await asyncio.sleep(0.01)
+        store = client._transport.app.state.batches.store  # type: ignore[attr-defined]
+        with store._lock:  # the 24 h window passes
+            store._db.execute("UPDATE batches SET expires_at = 0 WHERE id = ?", (batch["id"],))
+        done = await wait_status(client, batch["id"], ("expired",))
+        counts = done["request_counts"]
+        assert done["expired_at"] and 0 < counts["completed"] < 40
+        assert len(await file_lines(client, done["output_file_id"])) == counts["completed"]

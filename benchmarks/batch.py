@@ -1,33 +1,54 @@
-"""Offline batch benchmark: `kimi-vl-batch` vs vLLM's own `run_batch` on the same input.
+"""Batch benchmark: `kimi-vl-batch` vs vLLM's own `run_batch` on the same input, and the TTFT
+of interactive requests while the server runs a batch.
 
-    python benchmarks/batch.py [--lines 256] [--image-fraction 0.5] [--max-tokens 16]
-                               [--model DIR] [--json PATH]
+    python benchmarks/batch.py [--lines 256] [--rounds 2] [--image-fraction 0.5]
+                               [--max-tokens 16] [--model DIR] [--json PATH]
+                               [--ttft-batch-lines 512] [--ttft-requests 20] [--no-ttft]
 
-Both run the same checkpoint (the tiny one unless --model) with the serving benchmark's engine
-settings, each as a fresh process, on the same batch input (chat requests, a share of them with
-a PNG as a data URL; `ignore_eos`, so both generate exactly --max-tokens per request). Each side
-runs twice: on a one-line input (`start_s`: process and engine start-up) and on the full input
-(`run_s`); its requests/s is lines / (run_s - start_s). Both outputs are checked: every
-custom_id once, status 200, --max-tokens tokens. `ratio` = ours req/s / vLLM req/s (goal >= 1).
+Offline: both run the same checkpoint (the tiny one unless --model) with the serving
+benchmark's engine settings, each as a fresh process, on the same batch input (chat requests, a
+share of them with a PNG as a data URL; `ignore_eos`, so both generate exactly --max-tokens per
+request). Each round runs each side twice: on a one-line input (process and engine start-up)
+and on the full input; the round's requests/s is lines / (full - one-line). Rounds alternate in
+ABBA order (ours, vLLM, vLLM, ours, ...) so drift of the machine falls on both alike; a side's
+figure is the median of its rounds. Both outputs are checked: every custom_id once, status 200,
+--max-tokens tokens. `ratio` = ours req/s / vLLM req/s (goal >= 1).
+
+Interactive TTFT (`interactive_ttft`): our server on the same checkpoint; --ttft-requests
+streamed chat requests one after another on the idle server, then again while a
+--ttft-batch-lines batch (Batches API) runs; the batch must still be running after the last
+one. `ratio` = median TTFT under the batch / median idle TTFT (goal <= 2).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import httpx
+
 if __package__ in (None, ""):  # run as a file (`python benchmarks/x.py`): find the repository
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import write_json  # noqa: E402
-from benchmarks.serve import ENGINE_FLAGS, SERVED_NAME, _png_data_url, say  # noqa: E402
+from benchmarks.serve import (  # noqa: E402
+    ENGINE_FLAGS,
+    SERVED_NAME,
+    _one,
+    _png_data_url,
+    launched,
+    round_order,
+    say,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZES = [(224, 224), (320, 240), (448, 336)]
@@ -80,13 +101,122 @@ def check_output(path: Path, lines: int, max_tokens: int) -> None:
     assert tokens == {max_tokens}, f"{path}: completion tokens {tokens}"
 
 
+def offline_commands(source: Path, out: Path, model: Path, state: Path) -> dict[str, list[str]]:
+    return {
+        "ours": [
+            sys.executable, "-m", "server.batch_cli", "-i", str(source), "-o", str(out) + ".ours",
+            "--preset", "tiny", "--model", str(model), "--served-model-name", SERVED_NAME,
+            "--state-dir", str(state), *ENGINE_FLAGS,
+        ],
+        "vllm": [
+            sys.executable, "-m", "vllm.entrypoints.openai.run_batch", "-i", str(source),
+            "-o", str(out) + ".vllm", "--model", str(model), "--served-model-name", SERVED_NAME,
+            *ENGINE_FLAGS,
+        ],
+    }  # fmt: skip
+
+
+def offline(args: argparse.Namespace, model: Path, work: Path, env: dict[str, str]) -> dict:
+    """Per side: the median over its rounds of lines / (full run - one-line run)."""
+    inputs = {"start": work / "start.jsonl", "run": work / "run.jsonl"}
+    inputs["start"].write_text(batch_input(1, args.image_fraction, args.max_tokens))
+    inputs["run"].write_text(batch_input(args.lines, args.image_fraction, args.max_tokens))
+    rounds: dict[str, list[dict[str, float]]] = {"ours": [], "vllm": []}
+    for number, side in enumerate(round_order(["ours", "vllm"], args.rounds), start=1):
+        seconds = {}
+        for name, source in inputs.items():
+            out = work / f"r{number}-{name}.out"
+            command = offline_commands(source, out, model, work / f"state-{number}")[side]
+            seconds[name] = timed_run(command, env, work / f"r{number}-{side}-{name}.log")
+            if name == "run":
+                check_output(Path(f"{out}.{side}"), args.lines, args.max_tokens)
+        per_s = args.lines / max(1e-6, seconds["run"] - seconds["start"])
+        rounds[side].append({"start_s": round(seconds["start"], 2),
+                             "run_s": round(seconds["run"], 2), "req_per_s": round(per_s, 2)})  # fmt: skip
+        say(f"  round {number} {side:<5} start {seconds['start']:.1f} s, whole run "
+            f"{seconds['run']:.1f} s: {per_s:.2f} req/s")  # fmt: skip
+    report: dict[str, object] = {}
+    for side, figures in rounds.items():
+        report[side] = {"req_per_s": statistics.median(f["req_per_s"] for f in figures),
+                        "rounds": figures}  # fmt: skip
+    ours, theirs = (report[s]["req_per_s"] for s in ("ours", "vllm"))  # type: ignore[index]
+    report["ratio"] = round(ours / theirs, 3)
+    say(f"offline: ours {ours:.2f} req/s, vLLM {theirs:.2f} req/s: x{report['ratio']}")
+    return report
+
+
+async def _ttfts(base: str, count: int, still_running: str | None = None) -> list[float]:
+    """TTFTs of `count` streamed chat requests sent one after another (0.2 s apart)."""
+    body = {"model": SERVED_NAME, "messages": [{"role": "user", "content": "Say hello."}],
+            "max_tokens": 8, "ignore_eos": True, "stream": True}  # fmt: skip
+    url = base + "/v1/chat/completions"
+    out = []
+    async with httpx.AsyncClient(timeout=120) as client:
+        await _one(client, url, body)  # warm-up
+        for _ in range(count):
+            ttft, _, tokens = await _one(client, url, body)
+            assert tokens == 8, tokens
+            out.append(ttft)
+            await asyncio.sleep(0.2)
+        if still_running is not None:
+            batch = (await client.get(f"{base}/v1/batches/{still_running}")).json()
+            if batch["status"] != "in_progress":
+                raise RuntimeError(f"the batch ended before the last request: {batch}")
+    return out
+
+
+def interactive_ttft(
+    args: argparse.Namespace, model: Path, work: Path, env: dict[str, str]
+) -> dict:
+    argv = [
+        sys.executable, "-m", "server", "--preset", "tiny", "--model", str(model),
+        "--served-model-name", SERVED_NAME, "--state-dir", str(work / "ttft-state"),
+        "--log-level", "warning", *ENGINE_FLAGS,
+    ]  # fmt: skip
+    batch = batch_input(args.ttft_batch_lines, args.image_fraction, 4 * args.max_tokens, seed=7)
+    with launched("ours", argv, "/ready", env, work / "ttft-server.log") as server:
+        idle = asyncio.run(_ttfts(server.base, args.ttft_requests))
+        with httpx.Client(base_url=server.base, timeout=60) as client:
+            upload = client.post("/v1/files", data={"purpose": "batch"},
+                                 files={"file": ("in.jsonl", batch.encode())})  # fmt: skip
+            upload.raise_for_status()
+            created = client.post("/v1/batches", json={
+                "input_file_id": upload.json()["id"], "endpoint": "/v1/chat/completions",
+                "completion_window": "24h"})  # fmt: skip
+            created.raise_for_status()
+            batch_id = created.json()["id"]
+            while True:  # measure once the batch keeps the engine busy
+                state = client.get(f"/v1/batches/{batch_id}").json()
+                if state["request_counts"]["completed"] >= 4:
+                    break
+                time.sleep(0.2)
+        loaded = asyncio.run(_ttfts(server.base, args.ttft_requests, still_running=batch_id))
+    idle_ms, loaded_ms = statistics.median(idle) * 1000, statistics.median(loaded) * 1000
+    report = {
+        "idle_ttft_p50_ms": round(idle_ms, 1),
+        "under_batch_ttft_p50_ms": round(loaded_ms, 1),
+        "under_batch_ttft_max_ms": round(max(loaded) * 1000, 1),
+        "ratio": round(loaded_ms / idle_ms, 3),
+        "batch_lines": args.ttft_batch_lines,
+        "requests": args.ttft_requests,
+    }
+    say(f"interactive TTFT p50: idle {idle_ms:.0f} ms, under a batch {loaded_ms:.0f} ms "
+        f"(max {report['under_batch_ttft_max_ms']:.0f} ms): x{report['ratio']}")  # fmt: skip
+    return report
+
+
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=2, help="offline rounds per side (ABBA)")
     parser.add_argument("--image-fraction", type=float, default=0.5)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--model", type=Path, help="checkpoint folder (default: a fresh tiny one)")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--ttft-batch-lines", type=int, default=512)
+    parser.add_argument("--ttft-requests", type=int, default=20)
+    parser.add_argument("--no-ttft", action="store_true", help="skip the interactive TTFT part")
+    parser.add_argument("--no-offline", action="store_true", help="skip the offline comparison")
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="kimi-vl-batch-bench-"))
@@ -97,39 +227,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         model = ensure_tiny_checkpoint(work / "tiny")
     env = {k: v for k, v in os.environ.items() if not k.startswith("KIMI_VL_")}
     env["VLLM_CPU_KVCACHE_SPACE"] = "1"
-    figures: dict[str, dict[str, float]] = {}
-    for name, size in (("start", 1), ("run", args.lines)):
-        source = work / f"{name}.jsonl"
-        source.write_text(batch_input(size, args.image_fraction, args.max_tokens))
-        sides = {
-            "ours": [
-                sys.executable, "-m", "server.batch_cli", "-i", str(source),
-                "-o", str(work / f"ours-{name}.out"), "--preset", "tiny", "--model", str(model),
-                "--served-model-name", SERVED_NAME, "--state-dir", str(work / "state"),
-                *ENGINE_FLAGS,
-            ],
-            "vllm": [
-                sys.executable, "-m", "vllm.entrypoints.openai.run_batch", "-i", str(source),
-                "-o", str(work / f"vllm-{name}.out"), "--model", str(model),
-                "--served-model-name", SERVED_NAME, *ENGINE_FLAGS,
-            ],
-        }  # fmt: skip
-        for side, command in sides.items():
-            say(f"[{side}] {name}: {size} line(s)")
-            seconds = timed_run(command, env, work / f"{side}-{name}.log")
-            figures.setdefault(side, {})[f"{name}_s"] = round(seconds, 2)
-            if name == "run":
-                check_output(work / f"{side}-{name}.out", size, args.max_tokens)
     report: dict[str, object] = {"lines": args.lines, "image_fraction": args.image_fraction,
                                  "max_tokens": args.max_tokens, "model": str(model)}  # fmt: skip
-    for side, f in figures.items():
-        requests_s = max(1e-6, f["run_s"] - f["start_s"])
-        f["req_per_s"] = round(args.lines / requests_s, 2)
-        report[side] = f
-        say(f"{side:<5} whole run {f['run_s']:.1f} s, start {f['start_s']:.1f} s, "
-            f"{f['req_per_s']:.2f} req/s")  # fmt: skip
-    report["ratio"] = round(figures["ours"]["req_per_s"] / figures["vllm"]["req_per_s"], 3)
-    say(f"ours/vllm req/s: x{report['ratio']}")
+    if not args.no_offline:
+        report.update(offline(args, model, work, env))
+    if not args.no_ttft:
+        report["interactive_ttft"] = interactive_ttft(args, model, work, env)
     if args.json:
         write_json(args.json, report)
     return report

@@ -143,6 +143,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     except APIError as exc:  # a bad input line, a bad file
         sys.stderr.write(f"{PROG}: {args.input}: {exc.message}\n")
         status = 2
+    except KeyboardInterrupt:
+        sys.stderr.write(
+            f"\n{PROG}: interrupted; the finished requests are in {args.output}: run the same "
+            "command again to do the rest\n"
+        )
+        status = 130
     raise SystemExit(status)
 
 

@@ -86,6 +86,18 @@ def test_pod_runs_as_the_images_user_with_a_gpu_and_the_model_cache() -> None:
     assert f"PersistentVolumeClaim/{claim}" in OBJECTS
 
 
+def test_files_and_batches_state_is_on_a_volume() -> None:
+    """The root filesystem is read-only: the state folder the image names must be a volume,
+    and a durable one (batches resume from it after a restart)."""
+    assert SERVER["securityContext"]["readOnlyRootFilesystem"]
+    image_env = re.search(r"KIMI_VL_STATE_DIR=(\S+)", (REPO / "Dockerfile").read_text())
+    assert image_env is not None
+    mounts = {m["mountPath"]: m["name"] for m in SERVER["volumeMounts"]}
+    volume = {v["name"]: v for v in POD["spec"]["volumes"]}[mounts[image_env.group(1)]]
+    claim = volume["persistentVolumeClaim"]["claimName"]
+    assert f"PersistentVolumeClaim/{claim}" in OBJECTS
+
+
 def test_preset_configmap_is_a_valid_preset(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli_flags: set[str]
 ) -> None:

@@ -4,10 +4,13 @@ file needs no engine, and a bad input line stops the run with its number."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,13 +31,18 @@ def line(custom_id: str, **body: object) -> str:
     return json.dumps(request) + "\n"
 
 
-def run(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def command(tmp: Path, *args: str) -> tuple[list[str], dict[str, str]]:
     argv = [
         sys.executable, "-m", "server.batch_cli", *args,
         "--preset", "tiny", "--tiny-checkpoint-dir", str(tmp / "tiny"),
         "--state-dir", str(tmp / "state"), "--log-level", "warning",
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("KIMI_VL_")}
+    return argv, env
+
+
+def run(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    argv, env = command(tmp, *args)
     return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -72,3 +80,38 @@ def test_offline_batch_runs_resumes_and_checks_its_input(tmp_path: Path) -> None
     source.write_text(line("a") + "{not json}\n")
     bad = run(tmp_path, "-i", str(source), "-o", str(tmp_path / "other.jsonl"))
     assert bad.returncode == 2 and "Line 2 of the batch file is invalid" in bad.stderr
+
+
+def test_ctrl_c_then_rerun_answers_each_request_once(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) mid-run: the runner
+    stops with status 130 and whole lines only; the same command then does just the rest."""
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    total = 150
+    source.write_text("".join(line(f"r{i}", max_tokens=16) for i in range(total)))
+    argv, env = command(tmp_path, "-i", str(source), "-o", str(out), "--concurrency", "4")
+    log = tmp_path / "first.log"
+    with open(log, "wb") as sink:
+        process = subprocess.Popen(
+            argv, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while not out.exists() or out.read_text().count("\n") < 5:
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=60) == 130, log.read_text()[-3000:]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert "interrupted" in log.read_text()
+    assert out.read_text().endswith("\n")
+    before = [r["custom_id"] for r in outputs(out)]
+    assert 5 <= len(before) < total and len(set(before)) == len(before)
+
+    second = run(tmp_path, "-i", str(source), "-o", str(out))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"{len(before)} were done before" in second.stderr
+    ids = [r["custom_id"] for r in outputs(out)]
+    assert len(ids) == total and set(ids) == {f"r{i}" for i in range(total)}

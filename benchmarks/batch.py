@@ -8,10 +8,12 @@ of interactive requests while the server runs a batch.
 Offline: both run the same checkpoint (the tiny one unless --model) with the serving
 benchmark's engine settings, each as a fresh process, on the same batch input (chat requests, a
 share of them with a PNG as a data URL; `ignore_eos`, so both generate exactly --max-tokens per
-request). Each round runs each side twice: on a one-line input (process and engine start-up)
-and on the full input; the round's requests/s is lines / (full - one-line). Rounds alternate in
-ABBA order (ours, vLLM, vLLM, ours, ...) so drift of the machine falls on both alike; a side's
-figure is the median of its rounds. Both outputs are checked: every custom_id once, status 200,
+request). A round runs one side once; its requests/s is lines / the seconds of its batch phase
+(engine started, requests run, output written), which each side prints: kimi-vl-batch itself,
+vLLM's run_batch through a wrapper (VLLM_TIMED). Start-up and shutdown, which vary by seconds
+from run to run, so stay out of the figure. Rounds alternate in ABBA order (ours, vLLM, vLLM,
+ours, ...) so drift of the machine falls on both alike; a side's figure is the median of its
+rounds. Both outputs are checked: every custom_id once, status 200,
 --max-tokens tokens. `ratio` = ours req/s / vLLM req/s (goal >= 1).
 
 Interactive TTFT (`interactive_ttft`): our server on the same checkpoint; --ttft-requests
@@ -27,6 +29,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -82,13 +85,42 @@ def batch_input(lines: int, image_fraction: float, max_tokens: int, seed: int = 
     return "\n".join(out) + "\n"
 
 
-def timed_run(argv: list[str], env: dict[str, str], log: Path) -> float:
+# vLLM's run_batch, printing the time of its batch phase (from when its serving state is built
+# until the output is written: reading the input, running every request, writing the output),
+# as kimi-vl-batch prints its own (from its first request until its last output line).
+VLLM_TIMED = """
+import runpy, sys, time
+import vllm.entrypoints.launchers.run_batch as launcher
+build, run = launcher.build_endpoint_registry, launcher.run_batch
+started = []
+async def built(*args, **kwargs):
+    registry = await build(*args, **kwargs)
+    started.append(time.perf_counter())
+    return registry
+async def timed(engine_client, args):
+    await run(engine_client, args)
+    sys.stderr.write(f"batch phase: {time.perf_counter() - started[0]:.3f} s\\n")
+launcher.build_endpoint_registry, launcher.run_batch = built, timed
+sys.argv[0] = "run_batch"
+runpy.run_module("vllm.entrypoints.openai.run_batch", run_name="__main__")
+"""
+_PHASE = {
+    "ours": re.compile(r"requests in ([0-9.]+) s"),
+    "vllm": re.compile(r"batch phase: ([0-9.]+) s"),
+}
+
+
+def timed_run(side: str, argv: list[str], env: dict[str, str], log: Path) -> tuple[float, float]:
+    """(whole process seconds, batch phase seconds) of one run."""
     started = time.perf_counter()
     with open(log, "wb") as out:
         done = subprocess.run(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        raise RuntimeError(f"{argv[:4]} failed:\n{log.read_text()[-3000:]}")
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    text = log.read_text(errors="replace")
+    phase = _PHASE[side].search(text)
+    if done.returncode != 0 or phase is None:
+        raise RuntimeError(f"{side} failed:\n{text[-3000:]}")
+    return wall, float(phase.group(1))
 
 
 def check_output(path: Path, lines: int, max_tokens: int) -> None:
@@ -109,7 +141,7 @@ def offline_commands(source: Path, out: Path, model: Path, state: Path) -> dict[
             "--state-dir", str(state), *ENGINE_FLAGS,
         ],
         "vllm": [
-            sys.executable, "-m", "vllm.entrypoints.openai.run_batch", "-i", str(source),
+            sys.executable, "-c", VLLM_TIMED, "-i", str(source),
             "-o", str(out) + ".vllm", "--model", str(model), "--served-model-name", SERVED_NAME,
             *ENGINE_FLAGS,
         ],
@@ -117,24 +149,20 @@ def offline_commands(source: Path, out: Path, model: Path, state: Path) -> dict[
 
 
 def offline(args: argparse.Namespace, model: Path, work: Path, env: dict[str, str]) -> dict:
-    """Per side: the median over its rounds of lines / (full run - one-line run)."""
-    inputs = {"start": work / "start.jsonl", "run": work / "run.jsonl"}
-    inputs["start"].write_text(batch_input(1, args.image_fraction, args.max_tokens))
-    inputs["run"].write_text(batch_input(args.lines, args.image_fraction, args.max_tokens))
+    """Per side: the median over its rounds of lines / batch phase seconds."""
+    source = work / "run.jsonl"
+    source.write_text(batch_input(args.lines, args.image_fraction, args.max_tokens))
     rounds: dict[str, list[dict[str, float]]] = {"ours": [], "vllm": []}
     for number, side in enumerate(round_order(["ours", "vllm"], args.rounds), start=1):
-        seconds = {}
-        for name, source in inputs.items():
-            out = work / f"r{number}-{name}.out"
-            command = offline_commands(source, out, model, work / f"state-{number}")[side]
-            seconds[name] = timed_run(command, env, work / f"r{number}-{side}-{name}.log")
-            if name == "run":
-                check_output(Path(f"{out}.{side}"), args.lines, args.max_tokens)
-        per_s = args.lines / max(1e-6, seconds["run"] - seconds["start"])
-        rounds[side].append({"start_s": round(seconds["start"], 2),
-                             "run_s": round(seconds["run"], 2), "req_per_s": round(per_s, 2)})  # fmt: skip
-        say(f"  round {number} {side:<5} start {seconds['start']:.1f} s, whole run "
-            f"{seconds['run']:.1f} s: {per_s:.2f} req/s")  # fmt: skip
+        out = work / f"r{number}.out"
+        command = offline_commands(source, out, model, work / f"state-{number}")[side]
+        wall, phase = timed_run(side, command, env, work / f"r{number}-{side}.log")
+        check_output(Path(f"{out}.{side}"), args.lines, args.max_tokens)
+        per_s = args.lines / phase
+        rounds[side].append({"process_s": round(wall, 2), "batch_s": round(phase, 2),
+                             "req_per_s": round(per_s, 2)})  # fmt: skip
+        say(f"  round {number} {side:<5} batch {phase:.2f} s ({per_s:.2f} req/s), whole "
+            f"process {wall:.1f} s")  # fmt: skip
     report: dict[str, object] = {}
     for side, figures in rounds.items():
         report[side] = {"req_per_s": statistics.median(f["req_per_s"] for f in figures),
@@ -148,7 +176,8 @@ def offline(args: argparse.Namespace, model: Path, work: Path, env: dict[str, st
 async def _ttfts(base: str, count: int, still_running: str | None = None) -> list[float]:
     """TTFTs of `count` streamed chat requests sent one after another (0.2 s apart)."""
     body = {"model": SERVED_NAME, "messages": [{"role": "user", "content": "Say hello."}],
-            "max_tokens": 8, "ignore_eos": True, "stream": True}  # fmt: skip
+            "max_tokens": 8, "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True}}  # fmt: skip
     url = base + "/v1/chat/completions"
     out = []
     async with httpx.AsyncClient(timeout=120) as client:

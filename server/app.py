@@ -2,9 +2,10 @@
 
 The lifespan starts the engine in the background (and restarts it if it dies), so the server
 answers /health at once and /ready turns 200 when the model is loaded and warmed up; it stops
-the engine on shutdown.
+the engine on shutdown. Header limits and malformed HTTP are the HTTP protocol's
+(server/api/http_protocol.py).
 Middleware, outermost first: request context (id, metrics, access log) -> CORS (only when
-configured) -> header limits -> body limits -> API-key auth -> last-resort 500 -> routes.
+configured) -> body limits -> API-key auth -> last-resort 500 -> routes.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ from server.api.auth import APIKeyMiddleware
 from server.api.errors import install_error_handlers
 from server.api.middleware import (
     BodySizeLimitMiddleware,
-    HeaderLimitMiddleware,
     RequestContextMiddleware,
 )
 from server.api.openapi import install_openapi
@@ -146,11 +146,6 @@ def create_app(
         # uploads are streamed to disk (and checked there), not held here
         streamed={"/v1/files": settings.max_file_bytes + UPLOAD_OVERHEAD_BYTES},
     )
-    app.add_middleware(
-        HeaderLimitMiddleware,
-        max_bytes=settings.max_header_bytes,
-        max_count=settings.max_header_count,
-    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -230,17 +225,7 @@ def run(settings: Settings) -> None:
 
     app = create_app(settings, VLLMEngine(settings), on_engine_failure=stop_on_failure)
     drain = app.state.serving.drain
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,  # RequestContextMiddleware writes the access log
-        timeout_graceful_shutdown=max(1, math.ceil(settings.graceful_shutdown_seconds)),
-        timeout_keep_alive=max(1, math.ceil(settings.keep_alive_timeout)),
-        limit_concurrency=settings.max_connections,
-    )
-    server = DrainingServer(config)
+    server = DrainingServer(uvicorn_config(app, settings))
     try:
         server.run()
     finally:
@@ -250,6 +235,26 @@ def run(settings: Settings) -> None:
 
 
 _EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def uvicorn_config(app: FastAPI, settings: Settings) -> Any:  # uvicorn.Config
+    """How uvicorn serves the app: our HTTP protocol (header limits, JSON errors for malformed
+    HTTP), keep-alive, connection cap, the shutdown grace."""
+    import uvicorn
+
+    from server.api.http_protocol import limited_protocol
+
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        http=limited_protocol(settings.max_header_bytes, settings.max_header_count),
+        log_level=settings.log_level,
+        access_log=False,  # RequestContextMiddleware writes the access log
+        timeout_graceful_shutdown=max(1, math.ceil(settings.graceful_shutdown_seconds)),
+        timeout_keep_alive=max(1, math.ceil(settings.keep_alive_timeout)),
+        limit_concurrency=settings.max_connections,
+    )
 
 
 def stop_children(grace_s: float = 5.0) -> None:

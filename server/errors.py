@@ -123,6 +123,10 @@ class RequestHeadersTooLarge(InvalidRequest):
     code = "request_headers_too_large"
 
 
+class InvalidHTTPRequest(InvalidRequest):
+    code = "invalid_http_request"
+
+
 class InvalidAPIKey(APIError):
     status_code = 401
     error_type = INVALID_REQUEST

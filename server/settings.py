@@ -210,7 +210,9 @@ class Settings(BaseSettings):
         description="restarts of a dead engine before the server exits non-zero (0: exit at once)",
     )
     max_header_bytes: int = Field(
-        default=64 * 1024, ge=1024, description="request headers' total size cap (431 above it)"
+        default=64 * 1024,
+        ge=1024,
+        description="request line and headers size cap, counted as they arrive (431 above it)",
     )
     max_header_count: int = Field(
         default=100, ge=8, description="request header count cap (431 above it)"

@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: request context (id, metrics, access log), header and body limits.
+"""Pure ASGI middleware: request context (id, metrics, access log) and body limits (header
+limits are the HTTP protocol's: server/api/http_protocol.py).
 
 Pure ASGI rather than Starlette's BaseHTTPMiddleware, so streaming responses and disconnect
 detection pass through untouched.
@@ -17,7 +18,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.api.errors import error_response
-from server.errors import InvalidRequest, RequestHeadersTooLarge, RequestTooLarge
+from server.errors import InvalidRequest, RequestTooLarge
 from server.metrics import REQUESTS_IN_FLIGHT, record_http_request
 
 access_logger = logging.getLogger("server.access")
@@ -88,28 +89,6 @@ class RequestContextMiddleware:
                 seconds * 1000,
                 client[0] if client else "-",
             )
-
-
-class HeaderLimitMiddleware:
-    """431 for requests with more than `max_count` headers or more than `max_bytes` of them
-    (names and values), before anything reads them further."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int, max_count: int) -> None:
-        self.app = app
-        self.max_bytes, self.max_count = max_bytes, max_count
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            headers = scope["headers"]
-            size = sum(len(name) + len(value) for name, value in headers)
-            if len(headers) > self.max_count or size > self.max_bytes:
-                message = (
-                    f"The request has {len(headers)} headers ({size} bytes); this server "
-                    f"accepts at most {self.max_count} headers and {self.max_bytes} bytes."
-                )
-                await error_response(RequestHeadersTooLarge(message))(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 # JSON values (structural characters) a body may hold: a 128K-token prompt as token ids is

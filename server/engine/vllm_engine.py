@@ -295,6 +295,13 @@ class VLLMEngine:
         self._ready = False
         llm, self._llm = self._llm, None
         if llm is not None:
+            # vLLM stops the engine core before its output handler, which then logs the core's
+            # exit as an EngineDeadError at every shutdown; with nothing in flight, stop the
+            # handler first (with requests in flight it must stay, to end them with the error).
+            handler = getattr(llm, "output_handler", None)
+            if handler is not None and not llm.get_num_unfinished_requests():
+                handler.cancel()
+                await asyncio.wait([handler])
             await asyncio.to_thread(llm.shutdown)
         processes, self._processes = self._processes, set()
         if processes:

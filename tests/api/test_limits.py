@@ -1,4 +1,5 @@
-"""Header and body limits: too many or too large headers are a 431 envelope; a body of millions
+"""Header and body limits: too many or too large headers are a 431 envelope (from the HTTP
+protocol, over a real socket), malformed HTTP a 400 one; a body of millions
 of JSON values (a parser bomb that would hold the event loop for seconds) is refused from a
 byte count before any parsing; the same size of ordinary data (a base64 image, token-id
 prompts) is not; and the server stays responsive while it refuses such a body."""
@@ -7,33 +8,105 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import json
+import socket
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+import uvicorn
 
 from server.api.middleware import MAX_JSON_VALUES, json_value_count
-from tests.api.conftest import MODEL
+from server.app import create_app, uvicorn_config
+from tests.api.conftest import MODEL, api_settings
+from tests.fake_engine import FakeEngine
 
 pytestmark = pytest.mark.asyncio
 
 URL = "/v1/chat/completions"
 
 
-async def test_too_many_headers(make_client: Any) -> None:
-    client, _ = await make_client(settings={"max_header_count": 20})
-    headers = {f"x-extra-{i}": "1" for i in range(30)}
-    response = await client.get("/health", headers=headers)
-    assert response.status_code == 431
-    assert response.json()["error"]["code"] == "request_headers_too_large"
-    assert (await client.get("/health", headers={"x-one": "1"})).status_code == 200
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
-async def test_headers_too_large(make_client: Any) -> None:
-    client, _ = await make_client()
-    response = await client.get("/health", headers={"x-big": "a" * 70_000})
-    assert response.status_code == 431
-    assert "65536 bytes" in response.json()["error"]["message"]
+@asynccontextmanager
+async def served(settings: dict[str, Any], kimi_tokenizer: Any) -> AsyncIterator[int]:
+    """The app over a real socket, served by uvicorn with the server's own configuration
+    (server.app.uvicorn_config); yields the port."""
+    engine = FakeEngine(kimi_tokenizer)
+    config_settings = api_settings(port=free_port(), **settings)
+    app = create_app(config_settings, engine)
+    await engine.start()
+    config = uvicorn_config(app, config_settings)
+    config.lifespan = "off"
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            assert not task.done(), task
+            await asyncio.sleep(0.01)
+        yield config_settings.port
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def exchange(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send `raw` on a fresh connection; (status, headers, body) of the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(raw)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        data = await asyncio.wait_for(reader.read(), timeout=10)
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+def get(headers: str = "") -> bytes:
+    return f"GET /health HTTP/1.1\r\nhost: x\r\n{headers}connection: close\r\n\r\n".encode()
+
+
+async def test_header_count_and_size_are_capped_as_they_arrive(kimi_tokenizer: Any) -> None:
+    async with served({"max_header_count": 20}, kimi_tokenizer) as port:
+        assert (await exchange(port, get("x-one: 1\r\n")))[0] == 200
+        many = "".join(f"x-extra-{i}: 1\r\n" for i in range(30))
+        status, headers, body = await exchange(port, get(many))
+        assert status == 431 and headers["content-type"] == "application/json"
+        error = json.loads(body)["error"]
+        assert error["code"] == "request_headers_too_large" and "20 headers" in error["message"]
+        # One header of 16 MB: refused once 64 KiB have arrived, not after buffering it all.
+        huge = b"GET /health HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * (16 * 2**20)
+        status, _, body = await exchange(port, huge)
+        assert status == 431 and "65536 bytes" in json.loads(body)["error"]["message"]
+        assert (await exchange(port, get()))[0] == 200
+
+
+async def test_malformed_http_gets_an_envelope(kimi_tokenizer: Any) -> None:
+    cases = {
+        "bad chunking": b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+        b"transfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        "HTTP/2 preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        "TLS hello": bytes.fromhex("16030100a5010000a10303") + b"\x00" * 64,
+        "bad request line": b"GET\x00 / HTTP/1.1\r\n\r\n",
+    }
+    async with served({}, kimi_tokenizer) as port:
+        for name, raw in cases.items():
+            status, headers, body = await exchange(port, raw)
+            assert status == 400, name
+            assert headers["content-type"] == "application/json", name
+            assert json.loads(body)["error"]["code"] == "invalid_http_request", name
+        assert (await exchange(port, get()))[0] == 200
 
 
 def wide_nested_arrays(size: int) -> bytes:

@@ -78,7 +78,10 @@ class Drain:
                 try:
                     await asyncio.wait((step, cut), return_when=asyncio.FIRST_COMPLETED)
                 except asyncio.CancelledError:
+                    # The step runs `source`: let it take the cancellation before the finally
+                    # closes `source` (aclose() of a generator still running fails).
                     step.cancel()
+                    await asyncio.wait((step,))
                     raise
                 if not step.done():
                     step.cancel()

@@ -77,3 +77,23 @@ async def test_a_stream_started_after_the_deadline_is_cut_at_once() -> None:
         async for _ in drain.interruptible(source.items()):
             pass
     assert source.closed
+
+
+async def test_cancelling_the_consumer_mid_step_closes_the_stream_cleanly() -> None:
+    """A task consuming the stream is cancelled while the source is mid-step (Ctrl-C, a client
+    gone): the cancellation propagates as such and the source is closed, with no
+    "aclose(): asynchronous generator is already running"."""
+    drain = Drain()
+    drain.bind(asyncio.get_running_loop())
+    source = Source(1000, 0.05)
+
+    async def consume() -> None:
+        async for _ in drain.interruptible(source.items()):
+            pass
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.12)  # inside the third item's sleep
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert source.closed and source.made == 2

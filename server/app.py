@@ -263,7 +263,9 @@ def stop_children(grace_s: float = 5.0) -> None:
     was never reached, and after a failed start)."""
     import psutil
 
-    children = psutil.Process().children(recursive=True)
+    from server.engine.vllm_engine import child_processes
+
+    children = child_processes()
     for child in children:
         with suppress(psutil.Error):
             child.terminate()

@@ -31,8 +31,13 @@ def doomed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
 
 
 def _kill_engine_core(server: RunningServer) -> list[psutil.Process]:
-    """Kill the engine-core process; returns the engine's processes as they were."""
-    children = psutil.Process(server.pid).children(recursive=True)
+    """Kill the engine-core process; returns the engine's processes as they were (not Python's
+    multiprocessing resource tracker: one per server process, it outlives engines)."""
+    children = [
+        p
+        for p in psutil.Process(server.pid).children(recursive=True)
+        if "multiprocessing.resource_tracker" not in " ".join(p.cmdline())
+    ]
     (engine_core,) = [p for p in children if "EngineCore" in p.name()]
     engine_core.kill()
     return children

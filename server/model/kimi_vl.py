@@ -25,6 +25,7 @@ from vllm.utils.tensor_schema import TensorSchema, TensorShape
 
 from server.model.checkpoint import validate_checkpoint_dir
 from server.model.decoder import LanguageModel
+from server.model.heap import HeapTrimmer
 from server.model.media_format import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
 from server.model.moe import KimiMoE
 from server.model.moonvit import MoonViT
@@ -126,6 +127,7 @@ class KimiVLForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
         self.make_empty_intermediate_tensors = (
             self.language_model.model.make_empty_intermediate_tensors
         )
+        self._heap = HeapTrimmer()  # freed activations back to the OS (server/model/heap.py)
 
     # -- multimodal --------------------------------------------------------------------------
 
@@ -162,6 +164,7 @@ class KimiVLForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
 
     def embed_multimodal(self, **kwargs: object) -> NestedTensors | None:  # type: ignore[override]
         """Per item (image, or whole video) embeddings, in the order vLLM passed the items."""
+        self._heap.maybe_trim()
         images = self._parse_image_input(**kwargs)
         if images is not None:
             features = self.encode_images(images.pixel_values, images.image_grid_hws)
@@ -187,6 +190,7 @@ class KimiVLForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
         inputs_embeds: torch.Tensor | None = None,
         **kwargs: object,
     ) -> torch.Tensor | IntermediateTensors:
+        self._heap.maybe_trim()
         if intermediate_tensors is not None:
             inputs_embeds = None
         return self.language_model.model(input_ids, positions, intermediate_tensors, inputs_embeds)

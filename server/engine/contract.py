@@ -84,6 +84,9 @@ class GenerateRequest:
     multi_modal_data: Mapping[str, Any] | None = None
     priority: int = 0  # lower runs first, with the engine's priority scheduling
     cache_salt: str | None = None  # prefix-cache entries are shared only within one salt
+    # Nobody reads the tokens as they come (a non-streamed request): the engine may deliver each
+    # choice as one output when it finishes, with `first_token_time` set.
+    final_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +122,9 @@ class GenerateOutput:
     num_cached_tokens: int = 0
     logprobs: tuple[TokenLogprob, ...] | None = None
     finish_reason: FinishReason | None = None
+    # Wall-clock time (time.time()) of the choice's first token, when this output is not the
+    # one that carried it (a `final_only` request's single output); None otherwise.
+    first_token_time: float | None = None
 
     @property
     def finished(self) -> bool:

@@ -2,8 +2,9 @@
 
 Settings -> AsyncEngineArgs -> AsyncLLM (built in a worker thread so the HTTP server answers
 /health while the model loads) -> one warm-up generation -> ready. Each request becomes
-`AsyncLLM.generate({"prompt_token_ids", "multi_modal_data"}, SamplingParams(DELTA), id)` and
-every RequestOutput is re-shaped into per-choice `GenerateOutput` steps (server/engine/contract.py).
+`AsyncLLM.generate({"prompt_token_ids", "multi_modal_data"}, SamplingParams(...), id)` (DELTA
+outputs, or FINAL_ONLY for `final_only` requests) and every RequestOutput is re-shaped into
+per-choice `GenerateOutput` steps (server/engine/contract.py).
 Closing the generator early (client gone) makes vLLM abort the request.
 """
 
@@ -116,8 +117,9 @@ def configure_cpu_environment(settings: Settings) -> None:
         os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(settings.cpu_malloc_mmap_threshold))
 
 
-def sampling_params(options: SamplingOptions, stop_ids: list[int]) -> Any:
-    """SamplingParams for one request (the mapping vLLM's own OpenAI server does)."""
+def sampling_params(options: SamplingOptions, stop_ids: list[int], final_only: bool = False) -> Any:
+    """SamplingParams for one request (the mapping vLLM's own OpenAI server does, including
+    FINAL_ONLY outputs for requests nobody streams: no per-token output objects)."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
@@ -153,7 +155,7 @@ def sampling_params(options: SamplingOptions, stop_ids: list[int]) -> Any:
         skip_special_tokens=options.skip_special_tokens,
         spaces_between_special_tokens=options.spaces_between_special_tokens,
         include_stop_str_in_output=options.include_stop_str_in_output,
-        output_kind=RequestOutputKind.DELTA,
+        output_kind=RequestOutputKind.FINAL_ONLY if final_only else RequestOutputKind.DELTA,
     )
 
 
@@ -351,7 +353,7 @@ class VLLMEngine:
         if llm is None or llm.errored:
             raise EngineDeadError("the engine is not running")
         try:
-            params = sampling_params(request.sampling, self._stop_ids)
+            params = sampling_params(request.sampling, self._stop_ids, request.final_only)
         except (ValueError, VLLMClientError) as exc:
             raise RequestRejectedError(str(exc)) from exc
         # A token prompt dict: vLLM runs the plugin's multimodal processor on it in a worker
@@ -392,6 +394,10 @@ class VLLMEngine:
                     comp.token_ids, comp.logprobs, request.sampling.top_logprobs
                 )
             reason = comp.finish_reason
+            first_token_time = None
+            stats = getattr(out, "metrics", None)
+            if request.final_only and stats is not None and stats.first_token_latency > 0:
+                first_token_time = stats.arrival_time + stats.first_token_latency
             steps.append(
                 GenerateOutput(
                     index=comp.index,
@@ -402,6 +408,7 @@ class VLLMEngine:
                     num_cached_tokens=out.num_cached_tokens or 0,
                     logprobs=logprobs,
                     finish_reason=None if reason is None else _FINISH_REASONS.get(reason, "stop"),
+                    first_token_time=first_token_time,
                 )
             )
         return steps

@@ -17,7 +17,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.engine.contract import GenerateRequest
+from server.engine.contract import GenerateRequest, SamplingOptions
 from server.errors import APIError
 from server.metrics import (
     DOCUMENT_PAGES_PER_REQUEST,
@@ -153,6 +153,11 @@ async def build_chat_prompt(ctx: ServingContext, request: ChatCompletionRequest)
     return ChatPrompt(rendered.token_ids, images, videos, num_prompt_tokens, docs, document_tokens)
 
 
+def _splits_reasoning(ctx: ServingContext, options: SamplingOptions) -> bool:
+    """Whether the output is split into reasoning and content (constrained output is not)."""
+    return ctx.model_info.reasoning and options.constraint is None
+
+
 def _block_tokens(ctx: ServingContext) -> int:
     """Tokens of an image block with its one pad: start, marker text, content, pad, end."""
     return len(ctx.tokenizer.encode_text(IMAGE_MARKER_TEXT)) + 4
@@ -207,6 +212,8 @@ class ChatCompletions:
                 multi_modal_data=media or None,
                 priority=request.priority,
                 cache_salt=request.cache_salt,
+                # Non-streamed without a reasoning split: nothing reads the tokens as they come.
+                final_only=not request.stream and not _splits_reasoning(ctx, options),
             )
             ctx.check(engine_request, _constraint_param(request))
         except BaseException:
@@ -220,7 +227,7 @@ class ChatCompletions:
             engine_request=engine_request,
             num_prompt_tokens=num_prompt_tokens,
             # Constrained output (JSON, a tool call, a regex…) has no room for ◁think▷ markers.
-            reasoning=ctx.model_info.reasoning and options.constraint is None,
+            reasoning=_splits_reasoning(ctx, options),
             response_id=f"chatcmpl-{secrets.token_hex(12)}",
             created=int(time.time()),
             started=started,
@@ -242,7 +249,7 @@ class ChatCompletions:
         try:
             async with aclosing(self.ctx.generate(prepared.engine_request)) as outputs:
                 async for out in outputs:
-                    timer.saw(*states[out.index].add(out))
+                    timer.saw(*states[out.index].add(out), out.first_token_time)
                     prompt_tokens, cached = out.num_prompt_tokens, out.num_cached_tokens
         finally:
             prepared.done()

@@ -100,16 +100,20 @@ def chat_logprobs(steps: Sequence[TokenLogprob]) -> list[ChatCompletionTokenLogp
 @dataclass(slots=True)
 class FirstTokenTimer:
     """Observes time to first token and to first content token (after reasoning), once each,
-    for streamed and non-streamed requests alike."""
+    for streamed and non-streamed requests alike. A `final_only` engine output reports when
+    its first token came (`first_token_time`, wall clock); such requests have no reasoning
+    split, so that is also their first content token."""
 
     started: float  # time.perf_counter() when handling began
     token_seen: bool = False
     content_seen: bool = False
 
-    def saw(self, reasoning: str, content: str) -> None:
+    def saw(self, reasoning: str, content: str, first_token_time: float | None = None) -> None:
         if not (reasoning or content) or self.content_seen:
             return
         elapsed = time.perf_counter() - self.started
+        if first_token_time is not None:  # now - (now - first token), on the wall clock
+            elapsed = max(0.0, elapsed - (time.time() - first_token_time))
         if not self.token_seen:
             self.token_seen = True
             TIME_TO_FIRST_TOKEN.observe(elapsed)

@@ -135,7 +135,12 @@ class TextCompletions:
                 )
                 rid = ticket.request_id if len(prompts) == 1 else f"{ticket.request_id}:{i}"
                 engine_request = GenerateRequest(
-                    rid, ids, options, priority=request.priority, cache_salt=request.cache_salt
+                    rid,
+                    ids,
+                    options,
+                    priority=request.priority,
+                    cache_salt=request.cache_salt,
+                    final_only=not request.stream,
                 )
                 ctx.check(
                     engine_request, "structured_outputs" if request.structured_outputs else None
@@ -182,7 +187,7 @@ class TextCompletions:
         try:
             async with aclosing(self._streams(prepared)) as outputs:
                 async for prompt_index, out in outputs:
-                    timer.saw(*states[prompt_index * n + out.index].add(out))
+                    timer.saw(*states[prompt_index * n + out.index].add(out), out.first_token_time)
         finally:
             prepared.done()
         choices = [

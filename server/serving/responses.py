@@ -141,7 +141,7 @@ class Responses:
         try:
             async with aclosing(self.ctx.generate(chat.engine_request)) as outputs:
                 async for out in outputs:
-                    timer.saw(*state.add(out))
+                    timer.saw(*state.add(out), out.first_token_time)
                     prompt_tokens, cached = out.num_prompt_tokens, out.num_cached_tokens
         finally:
             prepared.done()

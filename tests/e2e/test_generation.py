@@ -243,3 +243,24 @@ def test_metrics_expose_engine_and_server(server: RunningServer) -> None:
     assert server.metric("kimi_vl_time_to_first_token_seconds_count") > 0
     assert server.metric("kimi_vl_images_per_request_count") > 0
     assert server.metric("kimi_vl_media_fetched_bytes_total") > 0
+
+
+def test_a_non_streamed_requests_ttft_is_its_first_tokens_time(server: RunningServer) -> None:
+    """Non-streamed requests get their tokens from the engine in one piece at the end (no
+    per-token outputs); the time-to-first-token metric still observes when the first token
+    came, not when the last did."""
+    client = openai.OpenAI(base_url=server.v1, api_key=API_KEY, max_retries=0, timeout=120)
+    count = server.metric("kimi_vl_time_to_first_token_seconds_count")
+    total = server.metric("kimi_vl_time_to_first_token_seconds_sum")
+    started = time.perf_counter()
+    result = client.chat.completions.create(
+        model=TINY_MODEL_NAME,
+        messages=[{"role": "user", "content": "Count to a hundred."}],
+        max_tokens=200,
+        extra_body={"ignore_eos": True},
+    )
+    took = time.perf_counter() - started
+    assert result.usage is not None and result.usage.completion_tokens == 200
+    assert server.metric("kimi_vl_time_to_first_token_seconds_count") == count + 1
+    ttft = server.metric("kimi_vl_time_to_first_token_seconds_sum") - total
+    assert 0 < ttft < 0.5 * took, (ttft, took)

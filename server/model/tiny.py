@@ -1,11 +1,14 @@
 """Write a tiny Kimi-VL checkpoint in the real Hugging Face format.
 
-`python -m server.model.tiny --out DIR [--seed N] [--real-vocab]`
+`python -m server.model.tiny --out DIR [--seed N] [--real-vocab] [--size tiny|mid]`
 
 Same files, JSON key structure and tensor names as moonshotai/Kimi-VL-A3B-*, including the
 `auto_map` entries that point at remote-code modules which are deliberately not shipped.
 Dimensions are tiny except kv_lora_rank=512 and qk_rope_head_dim=64 (vLLM's CPU MLA kernel
-needs them). Deterministic for a given seed.
+needs them). Deterministic for a given seed. `--size mid` writes a mid-size one for speed
+measurements (benchmarks/model.py): 6 layers of hidden 1024, 64 routed experts (top 6) and 2
+shared ones per MoE layer, and a 4-layer vision tower of width 256 with the real patch (14) and
+merge (2x2) sizes.
 """
 
 from __future__ import annotations
@@ -66,6 +69,26 @@ def text_config(tok: dict) -> dict:
     }
 
 
+# Dimensions that differ from the tiny checkpoint's, per size.
+SIZES: dict[str, tuple[dict, dict]] = {
+    "tiny": ({}, {}),
+    "mid": (
+        {
+            "hidden_size": 1024,
+            "intermediate_size": 2816,
+            "moe_intermediate_size": 256,
+            "num_hidden_layers": 6,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 8,
+            "n_routed_experts": 64,
+            "num_experts_per_tok": 6,
+            "n_shared_experts": 2,
+        },
+        {"hidden_size": 256, "intermediate_size": 1024, "num_attention_heads": 4,
+         "num_hidden_layers": 4},
+    ),
+}  # fmt: skip
+
 VISION_CONFIG = {
     "model_type": "moonvit",
     "patch_size": 14,
@@ -80,7 +103,8 @@ VISION_CONFIG = {
 }
 
 
-def model_config(tok: dict) -> dict:
+def model_config(tok: dict, size: str = "tiny") -> dict:
+    text, vision = SIZES[size]
     return {
         "architectures": ["KimiVLForConditionalGeneration"],
         "auto_map": {
@@ -92,8 +116,8 @@ def model_config(tok: dict) -> dict:
         "ignore_index": -100,
         "media_placeholder_token_id": tok["media_pad_id"],
         "pad_token_id": 0,
-        "text_config": text_config(tok),
-        "vision_config": VISION_CONFIG,
+        "text_config": {**text_config(tok), **text},
+        "vision_config": {**VISION_CONFIG, **vision},
         "torch_dtype": "bfloat16",
         "transformers_version": "4.48.2",
     }
@@ -198,10 +222,12 @@ def init_tensor(name: str, shape: tuple[int, ...], gen: torch.Generator) -> torc
     return (std * torch.randn(shape, generator=gen)).to(torch.bfloat16)
 
 
-def write_checkpoint(out: Path, *, seed: int = 0, real_vocab: bool = False) -> Path:
+def write_checkpoint(
+    out: Path, *, seed: int = 0, real_vocab: bool = False, size: str = "tiny"
+) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     tok = write_tokenizer_files(out, real_vocab=real_vocab, seed=seed)
-    cfg = model_config(tok)
+    cfg = model_config(tok, size)
     gen = torch.Generator().manual_seed(seed)
     tensors = {n: init_tensor(n, shp, gen) for n, shp in tensor_shapes(cfg).items()}
     return write_model_files(out, cfg, tensors, tok, PREPROCESSOR_CONFIG)
@@ -259,9 +285,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--real-vocab", action="store_true", help="vocab 163840 with the real special-token ids"
     )
+    ap.add_argument(
+        "--size", choices=sorted(SIZES), default="tiny", help="tiny (tests) or mid (benchmarks)"
+    )
     args = ap.parse_args(argv)
-    write_checkpoint(args.out, seed=args.seed, real_vocab=args.real_vocab)
-    print(f"wrote tiny Kimi-VL checkpoint to {args.out}")  # noqa: T201
+    write_checkpoint(args.out, seed=args.seed, real_vocab=args.real_vocab, size=args.size)
+    print(f"wrote {args.size} Kimi-VL checkpoint to {args.out}")  # noqa: T201
 
 
 if __name__ == "__main__":

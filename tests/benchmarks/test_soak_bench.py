@@ -35,7 +35,7 @@ def test_a_short_soak_reports_requests_errors_and_memory(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize(
-    "script", ["serve", "soak", "batch", "vision", "fused_moe", "demo_accuracy"]
+    "script", ["serve", "soak", "batch", "vision", "fused_moe", "demo_accuracy", "model"]
 )
 def test_benchmark_scripts_run_as_files(script: str) -> None:
     """The README runs them as `python benchmarks/<name>.py`, not only as modules."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from vllm.compilation.decorators import support_torch_compile
 from vllm.config import VllmConfig
 from vllm.distributed import get_pp_group
 from vllm.model_executor.layers.layernorm import RMSNorm
@@ -97,8 +98,19 @@ class DecoderLayer(nn.Module):
         return self.mlp(x), residual
 
 
+@support_torch_compile(
+    dynamic_arg_dims={
+        "input_ids": 0,
+        "positions": -1,
+        "intermediate_tensors": 0,
+        "inputs_embeds": 0,
+    }
+)
 class TextModel(nn.Module):
-    def __init__(self, vllm_config: VllmConfig, config, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    """Compiled by vLLM unless --enforce-eager (dynamo + inductor; on GPUs, piecewise CUDA
+    graphs), as its own DeepSeek decoder is; the MoE is an opaque custom op (moe.py)."""
+
+    def __init__(self, *, vllm_config: VllmConfig, config, prefix: str = "") -> None:  # type: ignore[no-untyped-def]
         super().__init__()
         self.config = config
         pp = get_pp_group()
@@ -150,7 +162,7 @@ class LanguageModel(nn.Module):
 
     def __init__(self, vllm_config: VllmConfig, config, prefix: str) -> None:  # type: ignore[no-untyped-def]
         super().__init__()
-        self.model = TextModel(vllm_config, config, prefix=f"{prefix}.model")
+        self.model = TextModel(vllm_config=vllm_config, config=config, prefix=f"{prefix}.model")
         self.lm_head: nn.Module = (
             ParallelLMHead(config.vocab_size, config.hidden_size, prefix=f"{prefix}.lm_head")
             if get_pp_group().is_last_rank

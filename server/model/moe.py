@@ -3,9 +3,18 @@
 Routed and shared expert weights are stacked at load time ([E, 2N, H] gate|up, [E, H, N] down)
 in the layout `kernels.fused_moe` wants; tensor parallelism shards the expert width N (and the
 shared width) and all-reduces the output, as vLLM's own MoE layers do.
+
+Under vLLM's compilation (the decoder is `@support_torch_compile`) the fused MoE is one opaque
+custom op, `torch.ops.vllm.kimi_vl_moe(hidden_states, router_logits, correction_bias, layer)`,
+with a fake implementation for tracing: dynamo and inductor see its output shape and leave the
+kernel (Triton on GPU, vLLM's CPU kernels on CPU) alone. `layer` names the module in a registry
+of this process (a string: a graph constant), which holds its packed weights.
 """
 
 from __future__ import annotations
+
+import itertools
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -15,8 +24,33 @@ from vllm.distributed import (
     get_tensor_model_parallel_world_size,
     tensor_model_parallel_all_reduce,
 )
+from vllm.utils.torch_utils import direct_register_custom_op
 
 from kernels.fused_moe import MoEWeights, fused_moe
+
+_LAYERS: weakref.WeakValueDictionary[str, KimiMoE] = weakref.WeakValueDictionary()
+_NUMBERS = itertools.count()
+
+
+def _moe(
+    hidden_states: torch.Tensor,
+    router_logits: torch.Tensor,
+    correction_bias: torch.Tensor | None,
+    layer: str,
+) -> torch.Tensor:
+    return _LAYERS[layer].experts(hidden_states, router_logits, correction_bias)
+
+
+def _moe_fake(
+    hidden_states: torch.Tensor,
+    router_logits: torch.Tensor,
+    correction_bias: torch.Tensor | None,
+    layer: str,
+) -> torch.Tensor:
+    return torch.empty_like(hidden_states)
+
+
+direct_register_custom_op(op_name="kimi_vl_moe", op_func=_moe, fake_impl=_moe_fake)
 
 
 class Router(nn.Module):
@@ -70,6 +104,8 @@ class KimiMoE(nn.Module):
             nn.Parameter(torch.empty(h, self.ns_local), requires_grad=False) if ns else None
         )
         self._packed: MoEWeights | None = None
+        self.op_name = f"{prefix}#{next(_NUMBERS)}"  # unique in this process
+        _LAYERS[self.op_name] = self
         self._shapes = {
             id(p): tuple(p.shape)
             for p in (self.w13, self.w2, self.shared_w13, self.shared_w2)
@@ -134,15 +170,22 @@ class KimiMoE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = F.linear(x.float(), self.gate.weight.float())
         bias = self.gate.e_score_correction_bias
-        out = fused_moe(
+        bias = None if bias is None else bias.float()
+        out = torch.ops.vllm.kimi_vl_moe(x, logits, bias, self.op_name)
+        if self.tp_size > 1:
+            out = tensor_model_parallel_all_reduce(out)
+        return out
+
+    def experts(
+        self, x: torch.Tensor, logits: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The fused MoE itself (routed + shared experts), behind the custom op."""
+        return fused_moe(
             x,
             logits,
             self.packed(),
             top_k=self.top_k,
             routed_scaling_factor=self.scaling,
-            correction_bias=None if bias is None else bias.float(),
+            correction_bias=bias,
             renormalize=self.renormalize,
         )
-        if self.tp_size > 1:
-            out = tensor_model_parallel_all_reduce(out)
-        return out

@@ -79,16 +79,17 @@ def run_generate(
         max_tokens: int = 32,
         solo: bool = False,
         cases: Path | None = None,
+        compiled: bool = False,
     ) -> dict:
         cases = cases or parity_cases
-        key = (impl, dtype, tp, max_tokens, solo, cases)
+        key = (impl, dtype, tp, max_tokens, solo, cases, compiled)
         if key not in cache:
             out = tmp_path_factory.mktemp("gen") / "out.json"
             cmd = [
                 sys.executable, "-m", "tests.model.generate_runner", "--model", str(tiny_ckpt),
                 "--impl", impl, "--dtype", dtype, "--tp", str(tp), "--cases", str(cases),
                 "--out", str(out), "--max-tokens", str(max_tokens),
-            ] + (["--solo"] if solo else [])  # fmt: skip
+            ] + (["--solo"] if solo else []) + (["--compiled"] if compiled else [])  # fmt: skip
             proc = subprocess.run(
                 cmd,
                 cwd=REPO,

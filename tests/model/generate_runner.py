@@ -2,7 +2,7 @@
 
 Used by the parity tests (ours vs vLLM's built-in class, TP=2 vs TP=1):
     python -m tests.model.generate_runner --model DIR --impl ours|builtin --dtype float32 \
-        --cases CASES.json --out OUT.json [--tp 2] [--max-tokens 32]
+        --cases CASES.json --out OUT.json [--tp 2] [--max-tokens 32] [--solo] [--compiled]
 CASES.json: [{"name", "prompt_token_ids", "images": [[w, h, seed], ...],
               "videos": [{"size": [w, h], "frames": n, "seed": s, "timestamps": [sec, ...] | null}]}].
 """
@@ -83,6 +83,9 @@ def main() -> None:
     ap.add_argument(
         "--solo", action="store_true", help="one prompt per generate() call (no batching)"
     )
+    ap.add_argument(
+        "--compiled", action="store_true", help="vLLM's default compilation (no enforce_eager)"
+    )
     args = ap.parse_args()
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -112,7 +115,7 @@ def main() -> None:
     llm = LLM(
         model=args.model,
         dtype=args.dtype,
-        enforce_eager=True,
+        enforce_eager=not args.compiled,
         max_model_len=4096,
         max_num_seqs=4,
         gpu_memory_utilization=0.3,

@@ -169,8 +169,8 @@ class KimiMoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = F.linear(x.float(), self.gate.weight.float())
-        bias = self.gate.e_score_correction_bias
-        bias = None if bias is None else bias.float()
+        param = self.gate.e_score_correction_bias
+        bias = None if param is None else param.float()
         out = torch.ops.vllm.kimi_vl_moe(x, logits, bias, self.op_name)
         if self.tp_size > 1:
             out = tensor_model_parallel_all_reduce(out)

@@ -20,7 +20,7 @@ from server.settings import load_settings
 from tests.fake_engine import FakeEngine
 from tests.tiny_tokenizer import load_tiny_tokenizer
 
-FUZZ_EXAMPLES = 25  # per operation (13 operations)
+FUZZ_EXAMPLES = 25  # per operation
 
 
 def _app(tmp: Any) -> Any:

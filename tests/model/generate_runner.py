@@ -14,36 +14,7 @@ import json
 import os
 from typing import Any
 
-BUILTIN_ARCH = "KimiVLBuiltinReference"
-
-
-def register_builtin_reference() -> None:
-    """vLLM's built-in Kimi-VL class, fed our processor (it normally takes HF remote code)."""
-    from vllm import ModelRegistry
-    from vllm.model_executor.models.kimi_vl import KimiVLForConditionalGeneration as Builtin
-    from vllm.multimodal import MULTIMODAL_REGISTRY
-
-    from server.model.processing import (
-        KimiVLDummyInputsBuilder,
-        KimiVLMultiModalProcessor,
-        KimiVLProcessingInfo,
-    )
-
-    @MULTIMODAL_REGISTRY.register_processor(
-        KimiVLMultiModalProcessor, info=KimiVLProcessingInfo, dummy_inputs=KimiVLDummyInputsBuilder
-    )
-    class KimiVLBuiltinReference(Builtin):
-        def embed_multimodal(self, **kwargs):  # type: ignore[no-untyped-def]
-            # The remote-code processor hands it pixel values in the model dtype; ours gives fp32.
-            pv = kwargs.get("pixel_values")
-            if pv is not None:
-                dtype = self.multi_modal_projector.linear_1.weight.dtype
-                kwargs["pixel_values"] = (
-                    [p.to(dtype) for p in pv] if isinstance(pv, list) else pv.to(dtype)
-                )
-            return super().embed_multimodal(**kwargs)
-
-    ModelRegistry.register_model(BUILTIN_ARCH, KimiVLBuiltinReference)
+from benchmarks.model import BUILTIN_ARCH, register_builtin
 
 
 def make_image(w: int, h: int, seed: int):  # type: ignore[no-untyped-def]
@@ -104,7 +75,7 @@ def main() -> None:
 
     overrides, compilation = None, None
     if args.impl == "builtin":
-        register_builtin_reference()
+        register_builtin()
         overrides = {"architectures": [BUILTIN_ARCH]}
         # vLLM's CPU rotary kernel mangles MLA's [T, H, D] q/k (our class works around it,
         # see server/model/decoder.py); give the reference the native rope path too.

@@ -27,13 +27,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -42,7 +40,7 @@ import httpx
 if __package__ in (None, ""):  # run as a file (`python benchmarks/x.py`): find the repository
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import write_json  # noqa: E402
+from benchmarks.common import workspace, write_json  # noqa: E402
 from benchmarks.serve import (  # noqa: E402
     ENGINE_FLAGS,
     SERVED_NAME,
@@ -248,13 +246,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--no-offline", action="store_true", help="skip the offline comparison")
     args = parser.parse_args(argv)
 
-    work = Path(tempfile.mkdtemp(prefix="kimi-vl-batch-bench-"))
-    model = args.model
-    if model is None:
-        from server.engine.checkpoint import ensure_tiny_checkpoint
-
-        model = ensure_tiny_checkpoint(work / "tiny")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KIMI_VL_")}
+    work, model, env = workspace("kimi-vl-batch-bench-", args.model)
     env["VLLM_CPU_KVCACHE_SPACE"] = "1"
     report: dict[str, object] = {"lines": args.lines, "image_fraction": args.image_fraction,
                                  "max_tokens": args.max_tokens, "model": str(model)}  # fmt: skip

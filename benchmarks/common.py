@@ -1,5 +1,5 @@
-"""Helpers every benchmark script shares: which device ran it, timing with device sync, and the
-JSON results file. torch is imported on first use, so the serving benchmark (an HTTP client)
+"""Helpers every benchmark script shares: which device ran it, timing with device sync, the
+JSON results file, and the work folder, checkpoint and environment of the processes it starts. torch is imported on first use, so the serving benchmark (an HTTP client)
 does not pay for it."""
 
 from __future__ import annotations
@@ -59,3 +59,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def workspace(prefix: str, model: Path | None) -> tuple[Path, Path, dict[str, str]]:
+    """A fresh temporary folder, the checkpoint (`model`, or a fresh tiny one written into the
+    folder), and the environment for the processes the benchmark starts: this one's without
+    KIMI_VL_* settings, which would otherwise reach the servers under test."""
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    if model is None:
+        from server.engine.checkpoint import ensure_tiny_checkpoint
+
+        model = ensure_tiny_checkpoint(work / "tiny")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KIMI_VL_")}
+    return work, model, env

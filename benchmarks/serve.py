@@ -25,12 +25,10 @@ import base64
 import contextlib
 import io
 import json
-import os
 import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,7 +40,7 @@ from PIL import Image
 
 if __package__ in (None, ""):  # run as a file (`python benchmarks/x.py`): find the repository
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import free_port, write_json  # noqa: E402
+from benchmarks.common import free_port, workspace, write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SERVED_NAME = "bench-model"
@@ -338,14 +336,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--only", choices=["ours", "vllm"], help="run one side only")
     args = parser.parse_args(argv)
 
-    work = Path(tempfile.mkdtemp(prefix="kimi-vl-bench-"))
-    model = args.model
-    if model is None:
-        from server.engine.checkpoint import ensure_tiny_checkpoint
-
-        model = ensure_tiny_checkpoint(work / "tiny")
+    work, model, env = workspace("kimi-vl-bench-", args.model)
     bodies = build_workload(args.requests, args.images, args.max_tokens)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KIMI_VL_")}
     env["VLLM_CPU_KVCACHE_SPACE"] = "1"  # vLLM's server reads it; ours sets it from the preset
     sides = {
         "ours": (

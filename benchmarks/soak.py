@@ -21,10 +21,8 @@ import asyncio
 import base64
 import io
 import json
-import os
 import random
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -36,7 +34,7 @@ from PIL import Image
 
 if __package__ in (None, ""):  # run as a file (`python benchmarks/x.py`): find the repository
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import write_json  # noqa: E402
+from benchmarks.common import workspace, write_json  # noqa: E402
 from benchmarks.serve import ENGINE_FLAGS, SERVED_NAME, _percentile, _process_tree, launched, say  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -196,13 +194,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("server_flags", nargs="*", help="extra flags for the server (after --)")
     args = parser.parse_args(argv)
 
-    work = Path(tempfile.mkdtemp(prefix="kimi-vl-soak-"))
-    model = args.model
-    if model is None:
-        from server.engine.checkpoint import ensure_tiny_checkpoint
-
-        model = ensure_tiny_checkpoint(work / "tiny")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KIMI_VL_")}
+    work, model, env = workspace("kimi-vl-soak-", args.model)
     server_argv = [
         sys.executable, "-m", "server", "--preset", "tiny", "--model", str(model),
         "--served-model-name", SERVED_NAME, "--log-level", "warning", *ENGINE_FLAGS,

@@ -66,7 +66,12 @@ def test_sigterm_drains_streams_exits_zero_and_stops_the_engine(
         reader.join(30)
         assert not reader.is_alive()
         cut_after = time.monotonic() - signalled
-        assert events[-1] == "[DONE]"
+        seen = (
+            f"after {cut_after:.1f} s, last events {events[-3:]}; server log:\n"
+            + (server.log_path.read_text(errors="replace")[-3000:])
+        )
+        assert events[-1] == "[DONE]", seen
+        assert "error" in json.loads(events[-2]), seen
         error = json.loads(events[-2])["error"]
         assert error["code"] == "server_shutting_down"
         assert len(events) > 3  # tokens streamed before the cut

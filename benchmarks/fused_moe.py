@@ -1,15 +1,17 @@
 """Benchmark: our fused_moe vs vLLM's on this device, at Kimi-VL's real MoE shape.
 
 python -m benchmarks.fused_moe [--json PATH] [--m 1,8,32,64,256,1024] [--dtype bf16]
-                                [--backend auto] [--layers 2] [--rounds 7]
+                                [--backend auto] [--peer auto] [--layers 2] [--rounds 7]
 
 Per token count M it prints our time, the peer's time (measured in the same run, call by
 call interleaved; for each input the best of the rounds counts, because on a shared
-machine noise only ever adds time), ratio = peer / ours (> 1: we are faster), and the
-GB/s our run achieves on the expert weight bytes it must read (experts actually selected
-+ the shared MLP) next to the device's measured memory bandwidth. "rel diff" (max |ours -
-peer| / max |peer|, first input) checks that both compute the same block. Calls cycle
-through distinct layers' weights with fresh tokens, as consecutive decoder layers do.
+machine noise only ever adds time), ratio = peer / ours (> 1: we are faster), and what our
+run achieves: GB/s on the expert weight bytes it must read (experts actually selected + the
+shared MLP) next to the device's measured memory bandwidth, and TFLOP/s next to the
+device's measured dense matmul rate in the same dtype. "rel diff" (max |ours - peer| / max
+|peer|, first input) checks that both compute the same block. Calls cycle through distinct
+layers' weights with fresh tokens, as consecutive decoder layers do. The peer (--peer) is
+vLLM's kernels where vLLM is installed, else torch's grouped GEMM (`torch._grouped_mm`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from torch import Tensor
 if __package__ in (None, ""):  # run as a file (`python benchmarks/x.py`): find the repository
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import cpu_model, sync, timed, write_json  # noqa: E402
-from benchmarks.moe_peers import make_peer  # noqa: E402
+from benchmarks.moe_peers import PEERS, make_peer  # noqa: E402
 from kernels.fused_moe import MoEWeights, fused_moe, select_experts
 from kernels.fused_moe.cpu_vllm import cpu_has
 
@@ -58,6 +60,8 @@ class Row:
     backend: str
     dtype: str
     rel_diff: float | None  # max |ours - peer| / max |peer| on the first input
+    tflops: float  # what our run achieves (expert + shared MLP FLOPs / time)
+    matmul_tflops: float  # the device's measured dense matmul rate in this dtype
 
 
 def device_name(device: torch.device) -> str:
@@ -85,7 +89,25 @@ def memory_bandwidth(device: torch.device) -> float:
     return best
 
 
-def make_layer(device: torch.device, dtype: torch.dtype, backend: str, seed: int) -> Layer:
+def matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
+    """Measured dense matmul TFLOP/s in `dtype`: best of 5 square products (8192 on a GPU,
+    1024 on a CPU)."""
+    n = 8192 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    a @ b  # warm-up: library handles, clocks
+    best = min(timed(lambda: a @ b, device) for _ in range(5))
+    return 2 * n**3 / best / 1e12
+
+
+def flops_per_call(m: int) -> float:
+    """Expert + shared MLP FLOPs of one call: three [*, H] x [H, N] products per pair."""
+    return 2.0 * m * 3 * HIDDEN * (TOP_K * WIDTH + SHARED)
+
+
+def make_layer(
+    device: torch.device, dtype: torch.dtype, backend: str, seed: int, peer: str = "auto"
+) -> Layer:
     """Random Kimi-VL-shaped MoE layer, converted for us and for the peer."""
     g = torch.Generator(device=device).manual_seed(seed)
 
@@ -102,8 +124,8 @@ def make_layer(device: torch.device, dtype: torch.dtype, backend: str, seed: int
     s2 = randn(HIDDEN, SHARED, fan_in=SHARED)
     bias = torch.randn(E, generator=g, device=device) * 0.01
     ours = MoEWeights.from_stacked(w13, w2, s13, s2, backend=backend)
-    peer, peer_name = make_peer(w13, w2, s13, s2, bias, TOP_K, SCALE)
-    return Layer(ours, peer, peer_name, bias)
+    peer_fn, peer_name = make_peer(w13, w2, s13, s2, bias, TOP_K, SCALE, peer)
+    return Layer(ours, peer_fn, peer_name, bias)
 
 
 def touched_bytes(logits: Tensor, bias: Tensor, element_size: int) -> int:
@@ -178,6 +200,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--backend", default="auto", help="MoEWeights backend (auto, cpu, cpu:torch, triton, ...)"
     )
+    p.add_argument("--peer", choices=PEERS, default="auto", help="what we race (see above)")
     p.add_argument("--layers", type=int, default=2, help="distinct layers cycled through")
     p.add_argument("--rounds", type=int, default=7, help="timed rounds per M (best counts)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -188,21 +211,28 @@ def main(argv: list[str] | None = None) -> list[Row]:
     args = parse_args(argv)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     name, bandwidth = device_name(device), memory_bandwidth(device)
-    layers = [make_layer(device, dtype, args.backend, seed) for seed in range(args.layers)]
+    mm_rate = matmul_rate(device, dtype)
+    layers = [
+        make_layer(device, dtype, args.backend, seed, args.peer) for seed in range(args.layers)
+    ]
     out = sys.stdout
     load_before = os.getloadavg()[0]
-    out.write(f"device: {name}; measured memory bandwidth {bandwidth:.1f} GB/s\n")
+    out.write(
+        f"device: {name}; measured memory bandwidth {bandwidth:.1f} GB/s, {args.dtype} matmul"
+        f" {mm_rate:.1f} TFLOP/s\n"
+    )
     out.write(f"shape: E={E} top-{TOP_K} H={HIDDEN} N={WIDTH} shared={SHARED} {args.dtype}\n")
     out.write(f"ours: {layers[0].ours.backend}; peer: {layers[0].peer_name}\n")
     out.write(
         f"{'M':>6} {'ours ms':>10} {'peer ms':>10} {'peer/ours':>10} {'GB/s':>8} {'% bw':>6}"
-        f" {'rel diff':>9}\n"
+        f" {'TFLOP/s':>8} {'% mm':>6} {'rel diff':>9}\n"
     )
     rows = []
     for m in [int(v) for v in args.m.split(",")]:
         ours_s, peer_s, touched, diff = bench_m(layers, m, args)
         ratio = peer_s / ours_s if peer_s is not None else None
         gbps = touched / ours_s / 1e9
+        tflops = flops_per_call(m) / ours_s / 1e12
         row = Row(
             m,
             ours_s,
@@ -214,14 +244,18 @@ def main(argv: list[str] | None = None) -> list[Row]:
             layers[0].ours.backend,
             args.dtype,
             diff,
+            tflops,
+            mm_rate,
         )
         rows.append(row)
         peer_ms = f"{peer_s * 1e3:10.2f}" if peer_s is not None else f"{'-':>10}"
         ratio_s = f"{ratio:10.2f}" if ratio is not None else f"{'-':>10}"
         share = 100 * gbps / bandwidth
         diff_s = f"{diff:9.1e}" if diff is not None else f"{'-':>9}"
+        mm_share = 100 * tflops / mm_rate
         out.write(
-            f"{m:>6} {ours_s * 1e3:10.2f} {peer_ms} {ratio_s} {gbps:8.1f} {share:6.1f} {diff_s}\n"
+            f"{m:>6} {ours_s * 1e3:10.2f} {peer_ms} {ratio_s} {gbps:8.1f} {share:6.1f}"
+            f" {tflops:8.2f} {mm_share:6.1f} {diff_s}\n"
         )
         out.flush()
     # Other processes on the machine make every number worse: say how busy it was.

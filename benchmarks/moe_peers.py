@@ -5,6 +5,9 @@ with `cpu_fused_moe` on weights prepacked the way CPUUnquantizedExperts does (wi
 to 32, same ISA choice), the shared MLP the way vLLM's CPU linear layers run it (oneDNN
 matmul handles, `silu_and_mul`), then the sum.
 GPU: vLLM's `grouped_topk`, Triton `fused_experts`, shared MLP through F.linear.
+Without vLLM (`grouped_mm`, any device): torch's own grouped GEMM, `torch._grouped_mm`
+(CUTLASS on Hopper), on tokens sorted by expert with our routing, the same block computed
+the way a careful pure-PyTorch MoE layer does it: the peer that needs nothing but torch.
 Everything vLLM is imported here, lazily: the kernels package itself never imports it.
 """
 
@@ -96,6 +99,46 @@ def gpu_peer(
     return run
 
 
+def grouped_mm_peer(
+    w13: Tensor,
+    w2: Tensor,
+    shared_w13: Tensor,
+    shared_w2: Tensor,
+    bias: Tensor,
+    top_k: int,
+    scale: float,
+) -> PeerFn:
+    """The block in torch alone: routing, (token, expert) pairs sorted by expert, two
+    `torch._grouped_mm` grouped GEMMs, weighted scatter-add, dense shared MLP."""
+    from kernels.fused_moe import select_experts
+
+    if not hasattr(torch, "_grouped_mm"):
+        raise AttributeError(f"torch {torch.__version__} has no _grouped_mm")
+    num_experts = w13.shape[0]
+    # [E, K, N] views with K contiguous: the layout _grouped_mm takes for its 3-D operand.
+    b13, b2 = w13.transpose(1, 2), w2.transpose(1, 2)
+
+    def run(x: Tensor, logits: Tensor) -> Tensor:
+        weights, ids = select_experts(logits, bias, top_k, scale)
+        flat = ids.flatten().long()
+        order = torch.argsort(flat, stable=True)
+        tokens = order // top_k
+        counts = torch.zeros(num_experts, dtype=torch.int32, device=x.device)
+        counts.scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
+        offs = torch.cumsum(counts, 0, dtype=torch.int32)
+        gate_up = torch._grouped_mm(x.index_select(0, tokens), b13, offs=offs)
+        y = torch._grouped_mm(_silu_and_mul(gate_up), b2, offs=offs)
+        y = y.float() * weights.flatten()[order].unsqueeze(1)
+        out = torch.zeros(x.shape, dtype=torch.float32, device=x.device).index_add_(0, tokens, y)
+        shared = F.linear(_silu_and_mul(F.linear(x, shared_w13)), shared_w2)
+        return (out + shared.float()).to(x.dtype)
+
+    return run
+
+
+PEERS = ("auto", "vllm", "grouped_mm")
+
+
 def make_peer(
     w13: Tensor,
     w2: Tensor,
@@ -104,10 +147,22 @@ def make_peer(
     bias: Tensor,
     top_k: int,
     scale: float,
+    peer: str = "auto",
 ) -> tuple[PeerFn | None, str]:
-    """(peer function or None, description or the reason it is unavailable)."""
-    build = gpu_peer if w13.is_cuda else cpu_peer
-    name = "vLLM fused_experts (Triton)" if w13.is_cuda else "vLLM cpu_fused_moe"
+    """(peer function or None, description or the reason it is unavailable). peer: "vllm"
+    (vLLM's kernels for this device), "grouped_mm" (torch only), "auto" (vLLM's where it is
+    installed, else torch's)."""
+    if peer == "auto":
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            peer = "grouped_mm"
+    if peer == "grouped_mm":
+        build, name = grouped_mm_peer, "torch._grouped_mm (no vLLM)"
+    elif w13.is_cuda:
+        build, name = gpu_peer, "vLLM fused_experts (Triton)"
+    else:
+        build, name = cpu_peer, "vLLM cpu_fused_moe"
     try:
         return build(w13, w2, shared_w13, shared_w2, bias, top_k, scale), name
     except (ImportError, AttributeError, RuntimeError) as exc:

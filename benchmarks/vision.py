@@ -14,7 +14,9 @@ other processes do not inflate (2-thread wall-clock ratios swung 0.55x-1.5x unde
    Times are the best of the repeats (noise on a shared machine only ever adds time),
    variants interleaved per repeat; TFLOP/s counts linears + attention + patch embed.
    Ours keeps per-grid position tables cached across calls; the built-in interpolates
-   them on every call (as it does in vLLM).
+   them on every call (as it does in vLLM). With --compile, (d) ours with every encoder
+   block under torch.compile (inductor, dynamic shapes), and what compiling costs: the first
+   call, and the first call on a batch of other sizes (a recompile if shapes specialise).
 2. Preprocessing: real 1024-px JPEGs (quality 90) decoded by PIL + `preprocess_image`,
    with 1 worker thread, then 2: images/s and per-image p50/p90. PIL and numpy run these
    steps single-threaded, so the worker thread's CPU time is the cost on one core; the
@@ -68,6 +70,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--jpegs", type=int, default=8, help="distinct 1024-px JPEGs (each done 4x)")
     p.add_argument(
         "--threads", type=int, default=None, help="CPU torch threads; 1 times by thread CPU time"
+    )
+    p.add_argument(
+        "--compile", action="store_true", help="also time our encoder blocks under torch.compile"
     )
     args = p.parse_args(argv)
     on_cuda = args.device.startswith("cuda")
@@ -186,6 +191,11 @@ def bench_encoder(args: argparse.Namespace, device: torch.device, out: Any) -> d
             ),
             "vLLM built-in": lambda: torch.cat(builtin(pixels, grid_hw)),
         }
+        compile_costs: dict[str, float] = {}
+        if args.compile:
+            compiled = compiled_copy(ours, args.layers, dtype, device)
+            compile_costs = compile_cost(compiled, pixels, grids, sizes, cfg, dtype, device, clock)
+            variants["ours compiled"] = lambda: compiled(pixels, grids)
         outputs = {name: run() for name, run in variants.items()}  # also the warm-up
         ref = outputs["ours packed"].float()
         diffs = {n: (o.float() - ref).abs().max().item() for n, o in outputs.items()}
@@ -212,6 +222,12 @@ def bench_encoder(args: argparse.Namespace, device: torch.device, out: Any) -> d
         }
         for name, s in best.items()
     }
+    if compile_costs:
+        out.write(
+            f"torch.compile: first call {compile_costs['first_call_s']:.1f} s, first call on"
+            f" other sizes {compile_costs['other_sizes_first_call_s']:.1f} s (then"
+            f" {compile_costs['other_sizes_warm_s']:.2f} s)\n"
+        )
     out.write(f"encoder batch: {len(grids)} images {args.sizes}\n")
     out.write(f"  grids {grids}: {patches} patches -> {patches // 4} tokens\n")
     out.write(f"{'variant':<16} {'ms':>9} {'images/s':>9} {'patches/s':>10} {'TFLOP/s':>8}")
@@ -219,7 +235,62 @@ def bench_encoder(args: argparse.Namespace, device: torch.device, out: Any) -> d
     for name, r in rows.items():
         out.write(f"{name:<16} {r['ms']:9.1f} {r['images_per_s']:9.2f} {r['patches_per_s']:10.0f}")
         out.write(f" {r['tflops']:8.3f} {diffs[name]:21.2e} {rel[name]:8.1e}\n")
-    return {"grids": grids, "patches": patches, "variants": rows}
+    return {"grids": grids, "patches": patches, "variants": rows, "compile": compile_costs}
+
+
+def compiled_copy(ours: Any, layers: int, dtype: torch.dtype, device: torch.device) -> Any:
+    """A second MoonViT with the same weights whose encoder blocks run under torch.compile
+    (dynamic shapes: the patch count varies per batch)."""
+    from vllm.transformers_utils.configs.moonvit import MoonViTConfig
+
+    from server.model.moonvit import MoonViT
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with device:
+            twin = MoonViT(MoonViTConfig(num_hidden_layers=layers), prefix="vision_tower").eval()
+    finally:
+        torch.set_default_dtype(previous)
+    twin.load_state_dict(ours.state_dict(), strict=True)
+    finish_loading(twin)
+    for block in twin.encoder.blocks:
+        block.compile(dynamic=True)
+    return twin
+
+
+def compile_cost(
+    compiled: Any,
+    pixels: torch.Tensor,
+    grids: list[tuple[int, int]],
+    sizes: list[tuple[int, ...]],
+    cfg: ImageProcessorConfig,
+    dtype: torch.dtype,
+    device: torch.device,
+    clock: Callable[[], float],
+) -> dict[str, float]:
+    """Seconds of the compiled encoder's first call, and of its first call on a batch of
+    other sizes (each image 10% smaller), next to its warm time on that batch."""
+    t0 = clock()
+    compiled(pixels, grids)
+    first = clock() - t0
+    other = [
+        preprocess_image(photo_like(w * 9 // 10, h * 9 // 10, 50 + i), cfg)
+        for i, (w, h) in enumerate(sizes)
+    ]
+    other_pixels = torch.from_numpy(np.concatenate([p for p, _ in other])).to(device, dtype)
+    other_grids = [g for _, g in other]
+    t0 = clock()
+    compiled(other_pixels, other_grids)
+    other_first = clock() - t0
+    compiled(other_pixels, other_grids)
+    t0 = clock()
+    compiled(other_pixels, other_grids)
+    return {
+        "first_call_s": first,
+        "other_sizes_first_call_s": other_first,
+        "other_sizes_warm_s": clock() - t0,
+    }
 
 
 def decode_and_preprocess(data: bytes, cfg: ImageProcessorConfig) -> tuple[float, float]:

@@ -60,6 +60,7 @@ class TorchExperts:
     shared_gate_up: Linear | None
     shared_down: Linear | None
     name: str = "cpu:torch"
+    routes_in_kernel: bool = False
 
     @classmethod
     def build(
@@ -93,10 +94,11 @@ class TorchExperts:
         weights, ids = select_experts(
             router_logits, correction_bias, top_k, routed_scaling_factor, renormalize
         )
-        result = self.experts(hidden_states, weights, ids)
-        return result if out is None else out.copy_(result)
+        return self.experts(hidden_states, weights, ids, out)
 
-    def experts(self, x: Tensor, topk_weights: Tensor, topk_ids: Tensor) -> Tensor:
+    def experts(
+        self, x: Tensor, topk_weights: Tensor, topk_ids: Tensor, out: Tensor | None = None
+    ) -> Tensor:
         """Routed experts weighted and summed, plus the shared MLP; [M, H] in x.dtype."""
         m, k = topk_ids.shape
         if self.shared_gate_up is not None and self.shared_down is not None:
@@ -122,4 +124,4 @@ class TorchExperts:
             else:
                 acc.index_add_(0, rows, y)
             start = stop
-        return acc.to(x.dtype)
+        return acc.to(x.dtype) if out is None else out.copy_(acc)

@@ -81,6 +81,7 @@ class VllmExperts:
     num_experts: int
     num_shared: int
     isa: str
+    routes_in_kernel: bool = False
 
     @property
     def name(self) -> str:

@@ -71,11 +71,25 @@ def fused_moe_reference(
     weights, ids = select_experts_reference(
         router_logits, correction_bias, top_k, routed_scaling_factor, renormalize
     )
+    return experts_reference(hidden_states, weights, ids, w13, w2, shared_w13, shared_w2)
+
+
+def experts_reference(
+    hidden_states: Tensor,
+    topk_weights: Tensor,
+    topk_ids: Tensor,
+    w13: Tensor,
+    w2: Tensor,
+    shared_w13: Tensor | None,
+    shared_w2: Tensor | None,
+) -> Tensor:
+    """The experts for given routing (topk_weights / topk_ids [M, k]): sum_k w_k *
+    expert_k(x) + shared(x), in hidden_states.dtype; all math in fp32."""
     out = torch.zeros(hidden_states.shape, dtype=torch.float32, device=hidden_states.device)
-    for e in ids.unique().tolist():
-        token, slot = (ids == e).nonzero(as_tuple=True)  # a token picks an expert at most once
+    for e in topk_ids.unique().tolist():
+        token, slot = (topk_ids == e).nonzero(as_tuple=True)  # an expert once per token
         y = expert_mlp(hidden_states[token], w13[e], w2[e])  # [T_e, H]
-        out.index_add_(0, token, y * weights[token, slot].unsqueeze(1))
+        out.index_add_(0, token, y * topk_weights[token, slot].float().unsqueeze(1))
     if shared_w13 is not None and shared_w2 is not None:
         out += expert_mlp(hidden_states, shared_w13, shared_w2)
     return out.to(hidden_states.dtype)

@@ -73,6 +73,7 @@ class TritonExperts:
     shared_w13: Tensor | None  # kept only when not folded
     shared_w2: Tensor | None
     name: str = "triton"
+    routes_in_kernel: bool = True  # route + align is the first of its three launches
 
     @classmethod
     def build(

@@ -2,11 +2,14 @@
 
 python -m kernels.fused_moe.tune [--experts 64] [--width 1408] [--hidden 2048] [--top-k 6]
     [--shared 2816] [--dtype bf16] [--m 1,2,4,...,4096] [--out DIR] [--full]
+    [--time-limit SECONDS]
 
 For each token count M, every candidate config runs the whole MoE block (three launches,
 shared MLP folded in) on random Kimi-VL-shaped weights; configs whose output disagrees with
 the default config's are discarded, the fastest of the rest is written. Width = the
-per-partition expert width (1408 / tensor-parallel size).
+per-partition expert width (1408 / tensor-parallel size). With --time-limit the search stops
+when the time is up: the M being tuned keeps the best config found so far, later Ms are left
+out of the file (the lookup takes the nearest tuned M; the file's keys are the Ms tuned).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import itertools
 import json
 import sys
+import time
 
 import torch
 
@@ -39,8 +43,15 @@ def candidates(full: bool) -> list[Config]:
     return [dict(zip(space, values, strict=True)) for values in itertools.product(*space.values())]
 
 
-def tune_m(moe: TritonExperts, m: int, args: argparse.Namespace, space: list[Config]) -> Config:
-    """Fastest config for M tokens whose output matches the default config's."""
+def tune_m(
+    moe: TritonExperts,
+    m: int,
+    args: argparse.Namespace,
+    space: list[Config],
+    deadline: float = float("inf"),
+) -> Config:
+    """Fastest config for M tokens whose output matches the default config's (among those
+    tried before `deadline`, a time.monotonic() value)."""
     import triton
     import triton.testing
 
@@ -58,6 +69,8 @@ def tune_m(moe: TritonExperts, m: int, args: argparse.Namespace, space: list[Con
     scale = expected.abs().max().clamp_min(1e-6)
     best, best_ms = default_config(m, args.experts, args.top_k), float("inf")
     for cfg in space:
+        if time.monotonic() > deadline:
+            break
         try:
             got = call(cfg).float()
             if ((got - expected).abs().max() / scale).item() > 3e-2:
@@ -85,6 +98,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--m", default=DEFAULT_M, help="comma-separated token counts")
     p.add_argument("--out", help="output file (default: the package's configs/ folder)")
     p.add_argument("--full", action="store_true", help="search the wide space")
+    p.add_argument(
+        "--time-limit", type=float, default=None, help="stop searching after this many seconds"
+    )
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("tune needs a CUDA GPU (configs are per device)")
@@ -99,7 +115,13 @@ def main(argv: list[str] | None = None) -> None:
     assert isinstance(moe, TritonExperts)
     space = candidates(args.full)
     sys.stdout.write(f"{torch.cuda.get_device_name(dev)}: {len(space)} configs per M\n")
-    tuned = {str(m): tune_m(moe, int(m), args, space) for m in args.m.split(",")}
+    deadline = time.monotonic() + (args.time_limit or float("inf"))
+    tuned: dict[str, Config] = {}
+    for m in args.m.split(","):
+        if time.monotonic() > deadline:
+            sys.stdout.write(f"time limit reached: M={m} and above not tuned\n")
+            break
+        tuned[m] = tune_m(moe, int(m), args, space, deadline)
     path = args.out or config_path(e, n, device_name(dev))
     with open(path, "w") as f:
         json.dump(tuned, f, indent=1)

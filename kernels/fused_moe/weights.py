@@ -15,7 +15,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from .reference import fused_moe_reference
+from .reference import experts_reference, fused_moe_reference
 
 BACKENDS = ("auto", "reference", "cpu", "triton")
 CPU_IMPLS = ("torch", "vllm-sgl", "vllm-vec")
@@ -23,12 +23,16 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 class Experts(Protocol):
-    """What a backend provides: the whole MoE block from router logits (M > 0).
+    """What a backend provides: the whole MoE block from router logits (M > 0), and — where
+    routing is not fused into the kernel (`routes_in_kernel` False) — the experts alone for
+    routing the caller chose (`select_experts`), so a compiler can fuse that routing.
 
     `name` is the resolved implementation, e.g. "triton" or "cpu:vllm-sgl".
 
     `out`, when given, is an [M, H] buffer of the weights' dtype that receives the result.
     """
+
+    routes_in_kernel: bool
 
     @property
     def name(self) -> str: ...
@@ -46,6 +50,14 @@ class Experts(Protocol):
     ) -> Tensor: ...
 
 
+class RoutedOutside(Protocol):
+    """A backend with `routes_in_kernel` False also runs the experts for given routing."""
+
+    def experts(
+        self, x: Tensor, topk_weights: Tensor, topk_ids: Tensor, out: Tensor | None = None
+    ) -> Tensor: ...
+
+
 @dataclass
 class ReferenceExperts:
     """The executable spec as a backend (slow; for tests and debugging)."""
@@ -55,6 +67,7 @@ class ReferenceExperts:
     shared_w13: Tensor | None
     shared_w2: Tensor | None
     name: str = "reference"
+    routes_in_kernel: bool = False
 
     def __call__(
         self,
@@ -72,6 +85,14 @@ class ReferenceExperts:
             top_k=top_k, routed_scaling_factor=routed_scaling_factor,
             correction_bias=correction_bias, renormalize=renormalize,
         )  # fmt: skip
+        return result if out is None else out.copy_(result)
+
+    def experts(
+        self, x: Tensor, topk_weights: Tensor, topk_ids: Tensor, out: Tensor | None = None
+    ) -> Tensor:
+        result = experts_reference(
+            x, topk_weights, topk_ids, self.w13, self.w2, self.shared_w13, self.shared_w2
+        )
         return result if out is None else out.copy_(result)
 
 
@@ -159,6 +180,13 @@ class MoEWeights:
     def backend(self) -> str:
         """The resolved implementation, e.g. "triton", "cpu:torch", "cpu:vllm-sgl"."""
         return self.experts.name
+
+    @property
+    def routes_in_kernel(self) -> bool:
+        """True where routing is fused into the kernels (Triton): call `fused_moe` with the
+        router logits. False: `fused_experts` takes routing chosen outside (a compiled graph
+        fuses `select_experts` with what precedes it)."""
+        return self.experts.routes_in_kernel
 
     @classmethod
     def from_stacked(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.fused_moe import cpu_vllm
-from tests.kernels.moe_testing import assert_close, make_problem
+from kernels.fused_moe import cpu_vllm, fused_experts, select_experts
+from tests.kernels.moe_testing import KIMI_SCALE, assert_close, make_problem
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 IMPLS = ["cpu:torch", "cpu:vllm-sgl", "cpu:vllm-vec"]
@@ -86,3 +86,36 @@ def test_forcing_an_unavailable_vllm_kernel_fails_loudly(monkeypatch):
     p = make_problem(3, 8, HIDDEN, WIDTH, 2, torch.bfloat16)
     with pytest.raises(ValueError, match="unavailable"):
         p.weights("cpu:vllm-vec")
+
+
+@pytest.mark.parametrize("impl", ["reference", *IMPLS])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_experts_for_routing_chosen_outside_match_the_whole_block(impl, dtype):
+    """fused_experts (what the compiled decoder calls, routing traced into its graph) ==
+    fused_moe routing inside, for every backend that routes outside its kernel."""
+    if impl != "reference":
+        require(impl, dtype)
+    p = make_problem(33, 64, HIDDEN, WIDTH, 6, dtype, shared_width=SHARED, seed=5)
+    weights = p.weights(impl)
+    assert not weights.routes_in_kernel
+    topk_weights, topk_ids = select_experts(p.logits, p.bias, 6, KIMI_SCALE)
+    out = torch.full_like(p.hidden, float("nan"))
+    assert fused_experts(p.hidden, topk_weights, topk_ids, weights, out=out) is out
+    assert_close(out, p.reference(), dtype)
+    assert_close(fused_experts(p.hidden, topk_weights, topk_ids, weights), p.run(weights), dtype)
+
+
+def test_fused_experts_rejects_routing_it_cannot_use():
+    p = make_problem(3, 8, HIDDEN, WIDTH, 2, torch.float32)
+    weights = p.weights("cpu:torch")
+    topk_weights, topk_ids = select_experts(p.logits, p.bias, 2, KIMI_SCALE)
+    with pytest.raises(ValueError, match=r"\[3, k\]"):
+        fused_experts(p.hidden, topk_weights[:2], topk_ids, weights)
+    with pytest.raises(ValueError, match="int32"):
+        fused_experts(p.hidden, topk_weights, topk_ids.long(), weights)
+    with pytest.raises(ValueError, match="hidden_states"):
+        fused_experts(p.hidden[:, :8], topk_weights, topk_ids, weights)
+    triton = p.weights("triton")  # routes in its first launch: it takes the logits
+    assert triton.routes_in_kernel
+    with pytest.raises(ValueError, match="fused_moe"):
+        fused_experts(p.hidden, topk_weights, topk_ids, triton)

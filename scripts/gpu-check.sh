@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The GPU checks of the Triton MoE kernels, for a machine with one Hopper GPU, torch and Triton,
+# and neither vLLM nor a network (under 8 minutes on an H100/H200):
+#   1. the kernel tests natively: the Triton cases, bf16 against the reference, CUDA-graph replay;
+#   2. block-size tuning for the expert width of TP=1 (N=1408) and TP=2 (N=704), time-capped;
+#      the config files land in kernels/fused_moe/configs/ (commit them);
+#   3. the MoE benchmark against torch's grouped GEMM (`torch._grouped_mm`, no vLLM needed),
+#      with achieved GB/s and TFLOP/s next to the measured copy bandwidth and bf16 matmul rate.
+# Usage: scripts/gpu-check.sh [OUT_DIR]   (default: $OUT, else gpu-check-out/)
+# Logs, the tuned configs and the benchmark JSON are copied to OUT_DIR. Exit status: the number
+# of steps that failed (0: all passed).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-${OUT:-gpu-check-out}}"
+mkdir -p "$out"
+py="${PYTHON:-python3}"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+tune_s="${GPU_CHECK_TUNE_SECONDS:-100}"  # per width
+failed=0
+
+step() {  # step NAME TIMEOUT_S COMMAND...: run, log to OUT/NAME.log, count a failure
+  local name="$1" limit="$2"
+  shift 2
+  echo "== $name ($(date -u +%T), at most ${limit} s)"
+  local started=$SECONDS
+  timeout "$limit" "$@" 2>&1 | tee "$out/$name.log"
+  local rc=${PIPESTATUS[0]}
+  echo "== $name: exit $rc after $((SECONDS - started)) s"
+  [ "$rc" -eq 0 ] || failed=$((failed + 1))
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+"$py" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__,
+  "cuda", torch.version.cuda, "device", torch.cuda.get_device_name())' || exit 1
+
+# The kernel tests need only torch, Triton and pytest (no server conftest: no FastAPI there).
+step tests 240 "$py" -m pytest -q --noconftest -p no:cacheprovider tests/kernels \
+  -o addopts="" -W ignore::pytest.PytestConfigWarning
+step tune-n1408 $((tune_s + 60)) "$py" -m kernels.fused_moe.tune --width 1408 --shared 2816 \
+  --m 1,4,16,32,64,128,256,512,1024,2048,4096 --time-limit "$tune_s"
+step tune-n704 $((tune_s + 60)) "$py" -m kernels.fused_moe.tune --width 704 --shared 1408 \
+  --m 1,4,16,32,64,128,256,512,1024,2048,4096 --time-limit "$tune_s"
+cp kernels/fused_moe/configs/*.json "$out/" 2>/dev/null || true
+step bench 180 "$py" -m benchmarks.fused_moe --dtype bf16 --peer grouped_mm \
+  --m 1,8,32,64,256,1024,4096 --json "$out/fused_moe-gpu-bf16.json"
+
+echo "gpu-check: $failed step(s) failed; logs and results in $out"
+exit "$failed"

@@ -4,11 +4,15 @@ Routed and shared expert weights are stacked at load time ([E, 2N, H] gate|up, [
 in the layout `kernels.fused_moe` wants; tensor parallelism shards the expert width N (and the
 shared width) and all-reduces the output, as vLLM's own MoE layers do.
 
-Under vLLM's compilation (the decoder is `@support_torch_compile`) the fused MoE is one opaque
-custom op, `torch.ops.vllm.kimi_vl_moe(hidden_states, router_logits, correction_bias, layer)`,
-with a fake implementation for tracing: dynamo and inductor see its output shape and leave the
-kernel (Triton on GPU, vLLM's CPU kernels on CPU) alone. `layer` names the module in a registry
-of this process (a string: a graph constant), which holds its packed weights.
+Under vLLM's compilation (the decoder is `@support_torch_compile`) the experts are one opaque
+custom op with a fake implementation for tracing: dynamo and inductor see its output shape and
+leave the kernel alone. Where the kernels route themselves (Triton: route + align is their
+first launch) the op takes the router logits, `torch.ops.vllm.kimi_vl_moe(hidden_states,
+router_logits, correction_bias, layer)`; elsewhere (vLLM's CPU kernels) routing is plain torch
+in the graph, which inductor fuses with the router, and the op takes its result,
+`torch.ops.vllm.kimi_vl_moe_experts(hidden_states, topk_weights, topk_ids, layer)`. `layer`
+names the module in a registry of this process (a string: a graph constant), which holds its
+packed weights.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from vllm.distributed import (
 )
 from vllm.utils.torch_utils import direct_register_custom_op
 
-from kernels.fused_moe import MoEWeights, fused_moe
+from kernels.fused_moe import MoEWeights, fused_experts, fused_moe, select_experts
 
 _LAYERS: weakref.WeakValueDictionary[str, KimiMoE] = weakref.WeakValueDictionary()
 _NUMBERS = itertools.count()
@@ -41,16 +45,20 @@ def _moe(
     return _LAYERS[layer].experts(hidden_states, router_logits, correction_bias)
 
 
+def _moe_experts(
+    hidden_states: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor, layer: str
+) -> torch.Tensor:
+    return fused_experts(hidden_states, topk_weights, topk_ids, _LAYERS[layer].packed())
+
+
 def _moe_fake(
-    hidden_states: torch.Tensor,
-    router_logits: torch.Tensor,
-    correction_bias: torch.Tensor | None,
-    layer: str,
+    hidden_states: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None, layer: str
 ) -> torch.Tensor:
     return torch.empty_like(hidden_states)
 
 
 direct_register_custom_op(op_name="kimi_vl_moe", op_func=_moe, fake_impl=_moe_fake)
+direct_register_custom_op(op_name="kimi_vl_moe_experts", op_func=_moe_experts, fake_impl=_moe_fake)
 
 
 class Router(nn.Module):
@@ -104,6 +112,7 @@ class KimiMoE(nn.Module):
             nn.Parameter(torch.empty(h, self.ns_local), requires_grad=False) if ns else None
         )
         self._packed: MoEWeights | None = None
+        self._routes_in_kernel = False  # set when packed (after loading, before any trace)
         self.op_name = f"{prefix}#{next(_NUMBERS)}"  # unique in this process
         _LAYERS[self.op_name] = self
         self._shapes = {
@@ -152,6 +161,7 @@ class KimiMoE(nn.Module):
                 None if self.shared_w13 is None else self.shared_w13.data,
                 None if self.shared_w2 is None else self.shared_w2.data,
             )
+            self._routes_in_kernel = self._packed.routes_in_kernel
         return self._packed
 
     def finalize(self) -> None:
@@ -168,10 +178,16 @@ class KimiMoE(nn.Module):
     # -- forward -----------------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._packed is None:  # not finalized (a module used outside vLLM's loader)
+            self.packed()
         logits = F.linear(x.float(), self.gate.weight.float())
         param = self.gate.e_score_correction_bias
         bias = None if param is None else param.float()
-        out = torch.ops.vllm.kimi_vl_moe(x, logits, bias, self.op_name)
+        if self._routes_in_kernel:
+            out = torch.ops.vllm.kimi_vl_moe(x, logits, bias, self.op_name)
+        else:
+            weights, ids = select_experts(logits, bias, self.top_k, self.scaling, self.renormalize)
+            out = torch.ops.vllm.kimi_vl_moe_experts(x, weights, ids, self.op_name)
         if self.tp_size > 1:
             out = tensor_model_parallel_all_reduce(out)
         return out

@@ -58,7 +58,17 @@ def engine_args(settings: Settings, model: str) -> Any:
     """AsyncEngineArgs for `model` from Settings (config flows one way: Settings -> vLLM)."""
     from vllm.config import StructuredOutputsConfig
     from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.platforms import current_platform
 
+    if current_platform.is_cpu() and settings.pipeline_parallel_size > 1 and settings.enforce_eager:
+        # vLLM 0.32's CPU model runner allocates the buffer that carries activations between
+        # pipeline stages only in its compile warm-up: eager, a later stage fails its first step.
+        raise ValueError(
+            "--pipeline-parallel-size > 1 on CPU needs vLLM's compilation (vLLM 0.32's CPU "
+            "runner sets up the buffer between pipeline stages only while compiling): run "
+            "without --enforce-eager (KIMI_VL_ENFORCE_EAGER=false, or `enforce_eager: false` "
+            "in the preset)"
+        )
     kwargs: dict[str, Any] = {
         "model": model,
         "served_model_name": settings.model_names,

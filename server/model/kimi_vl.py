@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from vllm.config import VllmConfig
+from vllm.model_executor.layers.linear import ReplicatedLinear
 from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 from vllm.model_executor.models.interfaces import SupportsMultiModal, SupportsPP
 from vllm.model_executor.models.utils import is_pp_missing_parameter
@@ -49,13 +50,21 @@ class CheckpointMismatchError(ValueError):
 
 
 class Projector(nn.Module):
-    """LayerNorm on each of the 4 merged sub-vectors -> concat -> Linear -> GELU(erf) -> Linear."""
+    """LayerNorm on each of the 4 merged sub-vectors -> concat -> Linear -> GELU(erf) -> Linear.
 
-    def __init__(self, vision_hidden: int, merge: int, text_hidden: int) -> None:
+    The linears are vLLM's (replicated on every TP rank): on CPU they run as prepacked oneDNN
+    GEMMs, which an image prefill notices (4x faster than torch's addmm here)."""
+
+    def __init__(self, vision_hidden: int, merge: int, text_hidden: int, prefix: str = "") -> None:
         super().__init__()
+        width = vision_hidden * merge
         self.pre_norm = nn.LayerNorm(vision_hidden, eps=1e-5)
-        self.linear_1 = nn.Linear(vision_hidden * merge, vision_hidden * merge)
-        self.linear_2 = nn.Linear(vision_hidden * merge, text_hidden)
+        self.linear_1 = ReplicatedLinear(
+            width, width, bias=True, return_bias=False, prefix=f"{prefix}.linear_1"
+        )
+        self.linear_2 = ReplicatedLinear(
+            width, text_hidden, bias=True, return_bias=False, prefix=f"{prefix}.linear_2"
+        )
 
     def forward(self, merged: torch.Tensor) -> torch.Tensor:
         x = self.pre_norm(merged).flatten(1)
@@ -121,7 +130,9 @@ class KimiVLForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
         self.patch_size = int(vc.patch_size)
         with self._mark_tower_model(vllm_config, "image"):
             self.vision_tower = MoonViT(vc, prefix=f"{prefix}vision_tower")
-            self.multi_modal_projector = Projector(vc.hidden_size, kh * kw, tc.hidden_size)
+            self.multi_modal_projector = Projector(
+                vc.hidden_size, kh * kw, tc.hidden_size, prefix=f"{prefix}multi_modal_projector"
+            )
         with self._mark_language_model(vllm_config):
             self.language_model = LanguageModel(vllm_config, tc, prefix=f"{prefix}language_model")
         self.make_empty_intermediate_tensors = (

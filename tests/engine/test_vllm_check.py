@@ -88,3 +88,14 @@ def test_engine_args_follow_the_settings() -> None:
     assert chosen.enable_prefix_caching is False and chosen.scheduling_policy == "priority"
     assert not chosen.structured_outputs_config.disable_any_whitespace
     assert chosen.mm_processor_cache_gb == 0
+
+
+def test_pipeline_parallel_on_cpu_is_refused_eager_with_the_way_out() -> None:
+    from server.engine.vllm_engine import engine_args
+
+    args = engine_args(
+        load_settings({"pipeline_parallel_size": 2, "enforce_eager": False}), "/ckpt"
+    )
+    assert args.pipeline_parallel_size == 2 and not args.enforce_eager
+    with pytest.raises(ValueError, match="without --enforce-eager"):
+        engine_args(load_settings({"pipeline_parallel_size": 2, "enforce_eager": True}), "/ckpt")

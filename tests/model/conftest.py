@@ -80,16 +80,21 @@ def run_generate(
         solo: bool = False,
         cases: Path | None = None,
         compiled: bool = False,
+        pp: int = 1,
+        backend: str | None = None,
     ) -> dict:
         cases = cases or parity_cases
-        key = (impl, dtype, tp, max_tokens, solo, cases, compiled)
+        key = (impl, dtype, tp, max_tokens, solo, cases, compiled, pp, backend)
         if key not in cache:
             out = tmp_path_factory.mktemp("gen") / "out.json"
             cmd = [
                 sys.executable, "-m", "tests.model.generate_runner", "--model", str(tiny_ckpt),
                 "--impl", impl, "--dtype", dtype, "--tp", str(tp), "--cases", str(cases),
                 "--out", str(out), "--max-tokens", str(max_tokens),
-            ] + (["--solo"] if solo else []) + (["--compiled"] if compiled else [])  # fmt: skip
+                "--pp", str(pp),
+            ] + (["--solo"] if solo else []) + (["--compiled"] if compiled else []) + (
+                ["--backend", backend] if backend else []
+            )  # fmt: skip
             proc = subprocess.run(
                 cmd,
                 cwd=REPO,

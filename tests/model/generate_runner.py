@@ -1,8 +1,11 @@
 """Run greedy generation on a checkpoint in a fresh process and dump tokens + logprobs as JSON.
 
-Used by the parity tests (ours vs vLLM's built-in class, TP=2 vs TP=1):
+Used by the parity tests (ours vs vLLM's built-in class, TP=2 / PP=2 / Ray vs TP=1):
     python -m tests.model.generate_runner --model DIR --impl ours|builtin --dtype float32 \
-        --cases CASES.json --out OUT.json [--tp 2] [--max-tokens 32] [--solo] [--compiled]
+        --cases CASES.json --out OUT.json [--tp 2] [--pp 2] [--backend mp|ray] \
+        [--max-tokens 32] [--solo] [--compiled]
+The output also lists, per worker process, the model class that worker built (asked of the
+workers themselves, not the driver), its pid and its TP / PP rank.
 CASES.json: [{"name", "prompt_token_ids", "images": [[w, h, seed], ...],
               "videos": [{"size": [w, h], "frames": n, "seed": s, "timestamps": [sec, ...] | null}]}].
 """
@@ -50,6 +53,8 @@ def main() -> None:
     ap.add_argument("--cases", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--tp", type=int, default=1)
+    ap.add_argument("--pp", type=int, default=1)
+    ap.add_argument("--backend", choices=["mp", "ray"], default=None, help="executor backend")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument(
         "--solo", action="store_true", help="one prompt per generate() call (no batching)"
@@ -60,11 +65,14 @@ def main() -> None:
     args = ap.parse_args()
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    if args.tp == 1:
+    # The workers are asked (a pickled function) which class they built.
+    os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
+    world = args.tp * args.pp
+    if world == 1 and args.backend is None:
         # In-process engine: the built-in reference registration must be visible to the model runner.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     else:
-        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "|".join(str(i) for i in range(args.tp)))
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "|".join(str(i) for i in range(world)))
 
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
@@ -91,6 +99,8 @@ def main() -> None:
         max_num_seqs=4,
         gpu_memory_utilization=0.3,
         tensor_parallel_size=args.tp,
+        pipeline_parallel_size=args.pp,
+        distributed_executor_backend=args.backend,
         hf_overrides=overrides,
         compilation_config=compilation,
         limit_mm_per_prompt={"image": max(max_images, 1), "video": max_videos},
@@ -116,7 +126,7 @@ def main() -> None:
     else:
         outs = llm.generate(prompts, params, use_tqdm=False)
     result_cases: dict[str, dict[str, Any]] = {}
-    result = {"architecture": model_cls, "cases": result_cases}
+    result = {"architecture": model_cls, "cases": result_cases, "workers": _workers(llm)}
     for c, o in zip(cases, outs, strict=True):
         comp = o.outputs[0]
         # Both are filled in for every finished request that asked for logprobs.
@@ -128,6 +138,25 @@ def main() -> None:
         }
     with open(args.out, "w") as f:
         json.dump(result, f)
+
+
+def _workers(llm: Any) -> list[dict[str, Any]]:
+    """What each worker process reports about itself: the class it built, pid, ranks."""
+
+    def report(worker: Any) -> dict[str, Any]:
+        import os
+
+        from vllm.distributed import get_pp_group, get_tp_group
+
+        cls = type(worker.model_runner.get_model())
+        return {
+            "class": f"{cls.__module__}.{cls.__qualname__}",
+            "pid": os.getpid(),
+            "tp_rank": get_tp_group().rank_in_group,
+            "pp_rank": get_pp_group().rank_in_group,
+        }
+
+    return list(llm.collective_rpc(report))
 
 
 if __name__ == "__main__":

@@ -124,8 +124,12 @@ def vllm_tp1() -> Iterator[None]:
                 ps.destroy_distributed_environment()
 
 
-def build_encoders(layers: int, dtype: torch.dtype, device: torch.device) -> tuple[Any, Any]:
-    """Our MoonViT with random weights, and vLLM's built-in loaded with the same state dict."""
+def build_encoders(
+    layers: int, dtype: torch.dtype, device: torch.device, compiled: bool = False
+) -> tuple[Any, Any, Any]:
+    """Our MoonViT with random weights, vLLM's built-in loaded with the same state dict, and
+    (with `compiled`) a second MoonViT of ours with those weights whose encoder blocks run
+    under torch.compile (dynamic shapes: the patch count varies per batch), else None."""
     from vllm.model_executor.models.moonvit import MoonVitPretrainedModel
     from vllm.transformers_utils.configs.moonvit import MoonViTConfig
 
@@ -147,9 +151,22 @@ def build_encoders(layers: int, dtype: torch.dtype, device: torch.device) -> tup
             w = torch.randn(p.shape, generator=gen, device=device) * std
             p.copy_(w + 1 if "norm" in name and name.endswith("weight") else w)
     builtin.load_state_dict(ours.state_dict(), strict=True)
+    twin = None
+    if compiled:
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            with device:
+                twin = MoonViT(config, prefix="vision_tower").eval()
+        finally:
+            torch.set_default_dtype(previous)
+        twin.load_state_dict(ours.state_dict(), strict=True)
+        finish_loading(twin)
+        for block in twin.encoder.blocks:
+            block.compile(dynamic=True)
     finish_loading(ours)
     finish_loading(builtin)
-    return ours, builtin
+    return ours, builtin, twin
 
 
 def finish_loading(model: torch.nn.Module) -> None:
@@ -183,7 +200,7 @@ def bench_encoder(args: argparse.Namespace, device: torch.device, out: Any) -> d
     per_image = pixels.split([h * w for h, w in grids])
     grid_hw = torch.tensor(grids, dtype=torch.int64, device=device)
     with vllm_tp1(), torch.inference_mode():
-        ours, builtin = build_encoders(args.layers, dtype, device)
+        ours, builtin, compiled = build_encoders(args.layers, dtype, device, args.compile)
         variants: dict[str, Callable[[], torch.Tensor]] = {
             "ours packed": lambda: ours(pixels, grids),
             "ours one-by-one": lambda: torch.cat(
@@ -192,8 +209,7 @@ def bench_encoder(args: argparse.Namespace, device: torch.device, out: Any) -> d
             "vLLM built-in": lambda: torch.cat(builtin(pixels, grid_hw)),
         }
         compile_costs: dict[str, float] = {}
-        if args.compile:
-            compiled = compiled_copy(ours, args.layers, dtype, device)
+        if compiled is not None:
             compile_costs = compile_cost(compiled, pixels, grids, sizes, cfg, dtype, device, clock)
             variants["ours compiled"] = lambda: compiled(pixels, grids)
         outputs = {name: run() for name, run in variants.items()}  # also the warm-up
@@ -236,27 +252,6 @@ def bench_encoder(args: argparse.Namespace, device: torch.device, out: Any) -> d
         out.write(f"{name:<16} {r['ms']:9.1f} {r['images_per_s']:9.2f} {r['patches_per_s']:10.0f}")
         out.write(f" {r['tflops']:8.3f} {diffs[name]:21.2e} {rel[name]:8.1e}\n")
     return {"grids": grids, "patches": patches, "variants": rows, "compile": compile_costs}
-
-
-def compiled_copy(ours: Any, layers: int, dtype: torch.dtype, device: torch.device) -> Any:
-    """A second MoonViT with the same weights whose encoder blocks run under torch.compile
-    (dynamic shapes: the patch count varies per batch)."""
-    from vllm.transformers_utils.configs.moonvit import MoonViTConfig
-
-    from server.model.moonvit import MoonViT
-
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with device:
-            twin = MoonViT(MoonViTConfig(num_hidden_layers=layers), prefix="vision_tower").eval()
-    finally:
-        torch.set_default_dtype(previous)
-    twin.load_state_dict(ours.state_dict(), strict=True)
-    finish_loading(twin)
-    for block in twin.encoder.blocks:
-        block.compile(dynamic=True)
-    return twin
 
 
 def compile_cost(

@@ -44,9 +44,7 @@ LWS_SCHEMA: dict[str, Any] = {
                     "additionalProperties": False,
                     "properties": {
                         "size": {"type": "integer", "minimum": 1},
-                        "restartPolicy": {
-                            "enum": ["RecreateGroupOnPodRestart", "Default", "None"]
-                        },
+                        "restartPolicy": {"enum": ["RecreateGroupOnPodRestart", "Default", "None"]},
                         "leaderTemplate": _TEMPLATE,
                         "workerTemplate": _TEMPLATE,
                         "subGroupPolicy": {"type": "object"},

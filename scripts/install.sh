@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # One source of truth for installing kimi-vl-server: `make install` and docker/Dockerfile.cpu call this.
 # Usage: scripts/install.sh [VENV_DIR] [EXTRA] [MORE]   EXTRA = cpu | gpu (default: gpu when
-# nvidia-smi works); MORE = further extras, default "dev,ray" (the test tools, and Ray: the test
-# suite runs vLLM's Ray executor).
+# nvidia-smi works); MORE = further extras, default "dev" (the test tools); add "ray" for vLLM's
+# Ray executor (multi-node).
 set -euo pipefail
 venv="${1:-.venv}"
 extra="${2:-}"
-more="${3-dev,ray}"
+more="${3-dev}"
 if [ -z "$extra" ]; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then extra=gpu; else extra=cpu; fi
 fi

@@ -2,7 +2,7 @@
 
     python benchmarks/serve.py [--model DIR] [--requests 96] [--rounds 4] [--concurrency 8]
                                [--rate R] [--max-tokens 32] [--images 1] [--json PATH]
-                               [--only ours|vllm]
+                               [--only ours|vllm] [--data-parallel-size N]
 
 Both servers run the tiny checkpoint (written to a temporary folder unless --model is given)
 with the same engine settings (float32, eager, max_model_len 4096, 1 GiB KV cache) and the same
@@ -15,6 +15,10 @@ requests, each with PNG images as data URLs (seeded sizes) and `ignore_eos`, so 
 generate exactly `--max-tokens` tokens per request. TTFT is the time to the first chunk that
 carries text. Throughput per side is the median over its rounds; TTFT percentiles are over all
 of its requests.
+
+With --data-parallel-size N (N > 1) the two sides are both our server: one engine (`ours`) and
+N data-parallel engines (`ours-dpN`, vLLM's DP: N engine processes behind one front end), and
+the ratio printed is DP=N over DP=1.
 """
 
 from __future__ import annotations
@@ -275,8 +279,9 @@ def summarize(requests: int, rounds: list[Round], ttfts: list[float], startup: f
     )
 
 
-def compare(results: dict[str, SideResult]) -> dict[str, float]:
-    ours, theirs = results["ours"], results["vllm"]
+def compare(results: dict[str, SideResult], other: str = "vllm") -> dict[str, float]:
+    """`ours` over `other` (throughput > 1: ours is faster; TTFT < 1: ours answers sooner)."""
+    ours, theirs = results["ours"], results[other]
     return {
         "throughput_ratio": ours.req_per_s / theirs.req_per_s,
         "output_tok_per_s_ratio": ours.output_tok_per_s / theirs.output_tok_per_s,
@@ -334,6 +339,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--images", type=int, default=1, help="images per request")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--only", choices=["ours", "vllm"], help="run one side only")
+    parser.add_argument(
+        "--data-parallel-size", type=int, default=1, help="N > 1: our server at DP=N vs DP=1"
+    )
     args = parser.parse_args(argv)
 
     work, model, env = workspace("kimi-vl-bench-", args.model)
@@ -353,6 +361,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             "/health",
         ),
     }  # fmt: skip
+    dp = args.data_parallel_size
+    if dp > 1:
+        sides = {
+            "ours": sides["ours"],
+            f"ours-dp{dp}": ([*sides["ours"][0], "--data-parallel-size", str(dp)], "/ready"),
+        }
     with contextlib.ExitStack() as stack:
         servers = []
         for name, (argv, ready) in sides.items():
@@ -380,7 +394,14 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "requests_per_round": args.requests, "rounds": args.rounds, "images": args.images,
         "max_tokens": args.max_tokens, "concurrency": args.concurrency, "rate": args.rate,
     }  # fmt: skip
-    if len(results) == 2:
+    if len(results) == 2 and dp > 1:  # DP=N over DP=1: "ours" is then the one-engine side
+        ratios = {k: 1 / v for k, v in compare(results, f"ours-dp{dp}").items()}
+        report.update({f"dp{dp}_over_dp1_{k}": v for k, v in ratios.items()})
+        say(
+            f"DP={dp}/DP=1: throughput x{ratios['throughput_ratio']:.2f}, "
+            f"TTFT p50 x{ratios['ttft_p50_ratio']:.2f}, p99 x{ratios['ttft_p99_ratio']:.2f}"
+        )
+    elif len(results) == 2:
         ratios = compare(results)
         report.update(ratios)
         say(

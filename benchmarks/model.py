@@ -134,7 +134,11 @@ def run_side(side: str, model: str, dtype: str, decode_tokens: int) -> dict[str,
     decode = SamplingParams(temperature=0.0, max_tokens=decode_tokens, ignore_eos=True)
     timed(lambda _: [TokensPrompt(prompt_token_ids=text)], decode, 1)  # warm-up
     for n in DECODE_CONCURRENCY:
-        seconds, tokens = timed(lambda _, n=n: [TokensPrompt(prompt_token_ids=text)] * n, decode)
+
+        def sequences(run: int, n: int = n) -> list[TokensPrompt]:
+            return [TokensPrompt(prompt_token_ids=text)] * n
+
+        seconds, tokens = timed(sequences, decode)
         assert tokens == n * decode_tokens, tokens
         figures[f"decode tok/s, {n} seq"] = tokens / seconds
     pad = tokenizer.encode("<|media_start|>image<|media_content|><|media_pad|><|media_end|>")

@@ -24,13 +24,14 @@ def ckpt_copy(tiny_ckpt: Path, tmp_path: Path) -> Path:
     return dst
 
 
-def load(model: Path, tmp_path: Path) -> subprocess.CompletedProcess:
-    """Start an engine on `model` and generate one token from a text prompt."""
+def load(model: Path, tmp_path: Path, *runner_args: str) -> subprocess.CompletedProcess:
+    """Start an engine on `model` (generate_runner's `runner_args`, e.g. --pp 2) and generate
+    one token from a text prompt."""
     cases = tmp_path / "cases.json"
     cases.write_text(json.dumps([{"name": "t", "prompt_token_ids": [1, 2, 3, 4], "images": []}]))
     cmd = [
         sys.executable, "-m", "tests.model.generate_runner", "--model", str(model), "--cases", str(cases),
-        "--out", str(tmp_path / "out.json"), "--max-tokens", "1",
+        "--out", str(tmp_path / "out.json"), "--max-tokens", "1", *runner_args,
     ]  # fmt: skip
     return subprocess.run(
         cmd,

@@ -52,13 +52,24 @@ def _moe_experts(
 
 
 def _moe_fake(
-    hidden_states: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None, layer: str
+    hidden_states: torch.Tensor,
+    router_logits: torch.Tensor,
+    correction_bias: torch.Tensor | None,
+    layer: str,
+) -> torch.Tensor:
+    return torch.empty_like(hidden_states)
+
+
+def _moe_experts_fake(
+    hidden_states: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor, layer: str
 ) -> torch.Tensor:
     return torch.empty_like(hidden_states)
 
 
 direct_register_custom_op(op_name="kimi_vl_moe", op_func=_moe, fake_impl=_moe_fake)
-direct_register_custom_op(op_name="kimi_vl_moe_experts", op_func=_moe_experts, fake_impl=_moe_fake)
+direct_register_custom_op(
+    op_name="kimi_vl_moe_experts", op_func=_moe_experts, fake_impl=_moe_experts_fake
+)
 
 
 class Router(nn.Module):

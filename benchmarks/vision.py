@@ -142,6 +142,7 @@ def build_encoders(
         with device:
             ours = MoonViT(config, prefix="vision_tower").eval()
             builtin = MoonVitPretrainedModel(config, prefix="vision_tower").eval()
+            twin = MoonViT(config, prefix="vision_tower").eval() if compiled else None
     finally:
         torch.set_default_dtype(previous)
     gen = torch.Generator(device).manual_seed(0)
@@ -151,15 +152,7 @@ def build_encoders(
             w = torch.randn(p.shape, generator=gen, device=device) * std
             p.copy_(w + 1 if "norm" in name and name.endswith("weight") else w)
     builtin.load_state_dict(ours.state_dict(), strict=True)
-    twin = None
-    if compiled:
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
-        try:
-            with device:
-                twin = MoonViT(config, prefix="vision_tower").eval()
-        finally:
-            torch.set_default_dtype(previous)
+    if twin is not None:
         twin.load_state_dict(ours.state_dict(), strict=True)
         finish_loading(twin)
         for block in twin.encoder.blocks:

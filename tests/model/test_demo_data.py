@@ -8,10 +8,14 @@ import pytest
 
 from server.model.demo.checkpoint import preprocessor_config
 from server.model.demo.data import (
+    CANVAS_MAX_SHAPES,
+    CANVAS_MIN_SHAPE,
+    CANVAS_SIDES,
     FOCUS_HEADS,
     SIDE_LEFT,
     SIDE_RIGHT,
     _questions,
+    canvas,
     draw,
     focus_mask,
     follow_ups,
@@ -94,6 +98,28 @@ def test_token_labels_mark_the_shapes_where_they_are() -> None:
     assert (np.diff(fx, axis=1) > 0).all() and 0 < fx.min() and fx.max() < 1.2
     assert (labels[:, 4] == 0).all()
     assert (labels[:, 5] == len(sample.scenes[0])).all()  # shapes in the picture, every token
+
+
+def test_canvases_are_small_pictures_of_the_task_domain_and_deterministic() -> None:
+    sizes, kinds = set(), set()
+    for i in range(60):
+        sample = canvas(0, i)
+        image, scene = sample.images[0], sample.scenes[0]
+        assert image.width in CANVAS_SIDES and image.height in CANVAS_SIDES
+        assert 1 <= len(scene) <= CANVAS_MAX_SHAPES
+        for s in scene:
+            assert s.size >= CANVAS_MIN_SHAPE
+            assert s.x + s.size <= image.width and s.y + s.size <= image.height
+            # the shape's own colour at its centre, exactly (the contract's palette)
+            assert image.getpixel((int(s.cx), s.y + s.size // 2)) == COLORS[s.color]
+            kinds.add(s.kind)
+        sizes.add(image.size)
+        labels = token_labels(sample, CFG)
+        assert {int(c) for c in labels[:, 0] if c} <= {token_class(s.color, s.kind) for s in scene}
+    assert kinds == set(SHAPES) and len(sizes) > 10
+    again = canvas(0, 7)
+    assert again.scenes == canvas(0, 7).scenes and again.scenes != canvas(1, 7).scenes
+    assert again.images[0].tobytes() == canvas(0, 7).images[0].tobytes()
 
 
 def test_token_labels_number_the_images_of_a_request() -> None:

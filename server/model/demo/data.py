@@ -24,9 +24,12 @@ from server.model.demo.tasks import (
     QUESTIONS,
     SHAPES,
     TASKS,
+    Background,
     Sample,
     Shape,
     make_sample,
+    place,
+    render,
     train_seed,
 )
 from server.model.demo.video import decode_mp4, encode_mp4
@@ -131,6 +134,36 @@ def draw(run_seed: int, index: int, tasks: tuple[str, ...] = TASKS) -> Draw:
     thinking = rng.random() < THINKING_FRACTION
     text_first = rng.random() < TEXT_FIRST_FRACTION
     return Draw(sample, thinking, text_first, [] if thinking else follow_ups(sample, rng))
+
+
+CANVAS_SIDES = (28, 42, 56, 70, 84)
+CANVAS_MIN_SHAPE = 6  # px: the smallest shape of the contract (a tenth of a 56-px picture)
+CANVAS_MAX_SHAPES = 3
+
+
+def canvas(run_seed: int, index: int) -> Sample:
+    """A small picture for the vision tower's first stage: 1..3 shapes of 6 px up to most of a
+    canvas of 28..84 px a side (no question). Drawn like the task pictures (same colours,
+    backgrounds, anti-aliasing) but small, so a step sees many shapes at every scale the tasks
+    show after the processor's downscale, each filling most of its tokens."""
+    rng = np.random.default_rng([run_seed, index, 11])
+    while True:
+        size = (int(rng.choice(CANVAS_SIDES)), int(rng.choice(CANVAS_SIDES)))
+        specs = [
+            (str(rng.choice(SHAPES)), str(rng.choice(list(COLORS))))
+            for _ in range(int(rng.integers(1, CANVAS_MAX_SHAPES + 1)))
+        ]
+        shapes = place(
+            rng,
+            size,
+            specs,
+            max_fraction=float(rng.uniform(0.3, 0.9)),
+            min_side=CANVAS_MIN_SHAPE,
+        )
+        if shapes is not None:
+            break
+    image = render(size, shapes, rng, background=Background.draw(rng), smooth=rng.random() < 0.5)
+    return Sample("canvas", "", "", "", [image], scenes=[shapes])
 
 
 def token_labels(sample: Sample, cfg: ImageProcessorConfig) -> np.ndarray:

@@ -166,12 +166,14 @@ def place(
     *,
     max_fraction: float,
     region: list[tuple[float, float]] | None = None,
+    min_side: int | None = None,
 ) -> list[Shape] | None:
     """Non-overlapping shapes (bounding boxes 2 px apart); `region` limits each shape's centre
-    x to a fraction range of the width. None when the random placement fails."""
+    x to a fraction range of the width; `min_side` (px) replaces the contract's smallest size
+    (training's small canvases). None when the random placement fails."""
     w, h = size
     short = min(w, h)
-    lo = max(1, int(np.ceil(MIN_SIZE_FRACTION * short)))
+    lo = min_side or max(1, int(np.ceil(MIN_SIZE_FRACTION * short)))
     placed: list[Shape] = []
     for i, (kind, color) in enumerate(specs):
         for _ in range(60):

@@ -94,8 +94,13 @@ def test_token_labels_mark_the_shapes_where_they_are() -> None:
         c = min(cols - 1, int((s.x + s.size / 2) * w / image.width // 28))
         assert cls[r, c] == want
     assert labels[:, 1].sum() == len(sample.scenes[0])  # one centre token per shape
-    fx = labels[:, 2].reshape(rows, cols)
-    assert (np.diff(fx, axis=1) > 0).all() and 0 < fx.min() and fx.max() < 1.2
+    fx, fy = labels[:, 2].reshape(rows, cols), labels[:, 3].reshape(rows, cols)
+    own = (np.arange(cols) + 0.5) * 28 * image.width / w / image.width  # token centres
+    assert np.allclose(fx[cls == 0], np.broadcast_to(own, (rows, cols))[cls == 0])
+    for s in sample.scenes[0]:  # a shape's tokens say where the shape is
+        mine = cls == 1 + list(COLORS).index(s.color) * len(SHAPES) + SHAPES.index(s.kind)
+        assert mine.any() and np.allclose(fx[mine], s.cx / image.width)
+        assert np.allclose(fy[mine], (s.y + s.size / 2) / image.height)
     assert (labels[:, 4] == 0).all()
     assert (labels[:, 5] == len(sample.scenes[0])).all()  # shapes in the picture, every token
 

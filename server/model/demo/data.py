@@ -51,13 +51,13 @@ def split_token_class(cls: Any) -> tuple[Any, Any]:
 
 
 TASK_WEIGHTS: dict[str, float] = {
-    "color": 1.0,
+    "color": 0.8,
     "shape": 1.0,
     "count": 1.6,
-    "position": 1.0,
+    "position": 1.5,
     "multi_image": 1.2,
-    "motion": 1.0,
-    "color_change": 1.0,
+    "motion": 1.5,
+    "color_change": 0.6,
 }
 THINKING_FRACTION = 0.15
 MAX_FOLLOW_UPS = 3
@@ -168,8 +168,10 @@ def canvas(run_seed: int, index: int) -> Sample:
 
 def token_labels(sample: Sample, cfg: ImageProcessorConfig) -> np.ndarray:
     """[tokens, 7] float labels of the sample's merged image tokens, in prompt order: class
-    (`token_class`), shape centre in the token (0/1), the token centre's x and y as fractions
-    of the image, the index of the image or frame, the number of shapes in that image or frame
+    (`token_class`), shape centre in the token (0/1), x and y as fractions of the image (of
+    the shape's centre on a shape's tokens, of the token's own centre elsewhere: where a shape
+    is, which the position and motion questions ask, on every token an attention head reads
+    for them), the index of the image or frame, the number of shapes in that image or frame
     (every token), and the token's side (SIDE_LEFT / SIDE_RIGHT: its shape is left or right of
     the other one in a picture of two shapes clearly apart, as the position question asks;
     0 otherwise). A token's class is the shape whose box covers most of it (at least a fifth of
@@ -188,6 +190,8 @@ def token_labels(sample: Sample, cfg: ImageProcessorConfig) -> np.ndarray:
         y1, x1 = y0 + cell_h / sy, x0 + cell_w / sx
         best = np.zeros((rows, cols))
         cls = np.zeros((rows, cols))
+        fx = np.broadcast_to((x0 + x1) / 2 / image.width, (rows, cols)).copy()
+        fy = np.broadcast_to((y0 + y1) / 2 / image.height, (rows, cols)).copy()
         centre = np.zeros((rows, cols))
         side = np.zeros((rows, cols))
         sides = _sides(scene, image.width)
@@ -200,11 +204,11 @@ def token_labels(sample: Sample, cfg: ImageProcessorConfig) -> np.ndarray:
             best = np.where(take, area, best)
             cls = np.where(take, token_class(s.color, s.kind), cls)
             side = np.where(take, s_side, side)
+            fx = np.where(take, s.cx / image.width, fx)
+            fy = np.where(take, (s.y + s.size / 2) / image.height, fy)
             r = min(rows - 1, int((s.y + s.size / 2) * sy // cell_h))
             c = min(cols - 1, int((s.x + s.size / 2) * sx // cell_w))
             centre[r, c] = 1
-        fx = np.broadcast_to((x0 + x1) / 2 / image.width, (rows, cols))
-        fy = np.broadcast_to((y0 + y1) / 2 / image.height, (rows, cols))
         idx = np.full((rows, cols), float(index))
         count = np.full((rows, cols), float(len(scene)))
         columns = (cls, centre, fx, fy, idx, count, side)

@@ -83,6 +83,7 @@ def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
 
 
 MAX_MEDIA_INDEX = 15
+WHERE_BACKGROUND, WHERE_SHAPE = 4.0, 16.0  # weights of the position probe's squared error
 MAX_SHAPES = 6
 FOCUS_LAYER = 1  # decoder layer whose first FOCUS_HEADS heads are taught where to look
 ORDER_LAYER = 0  # decoder layer whose output at image tokens is taught the image/frame index
@@ -127,7 +128,9 @@ class TokenProbe(nn.Module):
         total = total + F.binary_cross_entropy_with_logits(
             self.centre(f)[:, 0], labels[:, 1], reduction="sum"
         )
-        total = total + 4 * F.mse_loss(self.where(f), labels[:, 2:4], reduction="sum")
+        where = (self.where(f) - labels[:, 2:4]).pow(2).sum(-1)
+        # Shapes' positions weigh more: background tokens (most of them) only say where they are.
+        total = total + (where * torch.where(labels[:, 0] > 0, WHERE_SHAPE, WHERE_BACKGROUND)).sum()
         total = total + F.cross_entropy(self.count(f), labels[:, 5].long(), reduction="sum")
         if mid is None:
             return total

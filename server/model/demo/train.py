@@ -319,10 +319,9 @@ def train(args: argparse.Namespace) -> dict:
     )
     subset = tuple(args.tasks.split(",")) if args.tasks else TASKS
     pretrain_vision(model, probe, builder, args)
-    probe_samples = heldout_samples(6, offset=EVAL_OFFSET + 1)
     if args.vision_pretrain:
-        acc = shape_accuracy(model, probe, builder, probe_samples)
-        print(f"vision: held-out shapes named right {acc:.3f}")  # noqa: T201
+        named = shape_accuracy(model, probe, builder, heldout_samples(6, EVAL_OFFSET + 1))
+        print(f"vision: held-out shapes named right {named:.3f}")  # noqa: T201
     eval_samples = (
         [s for s in heldout_samples(args.eval_n, offset=EVAL_OFFSET) if s.task in subset]
         if args.eval_every

@@ -3,14 +3,16 @@
 `python -m server.model.demo.train --out DIR [--steps N] [--seed S] [--threads T]`
 
 Deterministic for a seed (and thread count): weights start from torch.manual_seed(seed), and
-training draw i of the run is a pure function of (seed, i). Each step draws `--batch-size`
+training draw i of the run is a pure function of (seed, i). Two stages. Stage 1
+(`--vision-pretrain` steps): the vision tower and projector alone learn each token's colour and
+shape on small canvases (`pretrain_vision`). Stage 2 (`--steps`): each step draws `--batch-size`
 samples (tasks mixed by weight; most continue as a conversation with up to three more
 questions about the same media), sorts them by length and runs them in micro-batches of at
 most `--tokens-per-micro-batch` padded tokens. The loss is cross-entropy on the answer tokens
 (and their `<|im_end|>`), plus two training-only signals that make a model this small learn
 in minutes instead of hours: per-token probes on the image features (colour, shape, centre,
 position, image/frame index) and a focus loss that teaches one attention head to look at the
-image tokens each question is about. AdamW with warm-up and cosine decay; after every step the
+image tokens each question is about (two heads). AdamW with warm-up and cosine decay; after every step the
 MoE routers' correction biases move towards balanced expert load. The checkpoint is written to
 DIR with a manifest.json holding sha256 of every file, the command, seed, steps, wall time and
 the held-out accuracy per task of the exported (bf16) weights.

@@ -11,8 +11,8 @@ questions about the same media), sorts them by length and runs them in micro-bat
 most `--tokens-per-micro-batch` padded tokens. The loss is cross-entropy on the answer tokens
 (and their `<|im_end|>`), plus two training-only signals that make a model this small learn
 in minutes instead of hours: per-token probes on the image features (colour, shape, centre,
-position, image/frame index) and a focus loss that teaches one attention head to look at the
-image tokens each question is about (two heads). AdamW with warm-up and cosine decay; after every step the
+position, image/frame index) and a focus loss that teaches two attention heads to look at the
+image tokens each question is about. AdamW with warm-up and cosine decay; after every step the
 MoE routers' correction biases move towards balanced expert load. The checkpoint is written to
 DIR with a manifest.json holding sha256 of every file, the command, seed, steps, wall time and
 the held-out accuracy per task of the exported (bf16) weights.

@@ -98,7 +98,7 @@ def test_token_labels_mark_the_shapes_where_they_are() -> None:
     own = (np.arange(cols) + 0.5) * 28 * image.width / w / image.width  # token centres
     assert np.allclose(fx[cls == 0], np.broadcast_to(own, (rows, cols))[cls == 0])
     for s in sample.scenes[0]:  # a shape's tokens say where the shape is
-        mine = cls == 1 + list(COLORS).index(s.color) * len(SHAPES) + SHAPES.index(s.kind)
+        mine = cls == token_class(s.color, s.kind)
         assert mine.any() and np.allclose(fx[mine], s.cx / image.width)
         assert np.allclose(fy[mine], (s.y + s.size / 2) / image.height)
     assert (labels[:, 4] == 0).all()

@@ -51,7 +51,7 @@ from server.model.demo.evaluate import accuracy, heldout_samples
 from server.model.demo.model import MLA, KimiVL
 from server.model.demo.prompt import Encoded, PromptBuilder
 from server.model.demo.tasks import COLORS, SHAPES, TASKS, Sample
-from server.model.image_processing import ImageProcessorConfig
+from server.model.image_processing import ImageProcessorConfig, preprocess_images
 from server.model.tokenizer import TikTokenTokenizer
 
 BALANCE_RATE = 1e-3
@@ -232,7 +232,8 @@ def shape_accuracy(
         pixels = torch.from_numpy(e.pixel_values)
         logp = probe.shape(model.multi_modal_projector(model.vision_tower(pixels, e.grids)).float())
         logp = logp.log_softmax(-1)
-        starts = np.cumsum([0] + [(h // 2) * (w // 2) for h, w in e.grids])
+        kh, kw = builder.cfg.merge_kernel_size
+        starts = np.cumsum([0] + [(h // kh) * (w // kw) for h, w in e.grids])
         for i in range(len(e.grids)):
             cls = labels[starts[i] : starts[i + 1], 0].astype(np.int64)
             for c in np.unique(cls[cls > 0]):
@@ -268,12 +269,13 @@ def pretrain_vision(
         samples = [
             canvas(args.seed, step * args.pretrain_batch + i) for i in range(args.pretrain_batch)
         ]
-        encoded = [builder.encode(s) for s in samples]
         labels = torch.from_numpy(
             np.concatenate([token_labels(s, builder.cfg) for s in samples])
         ).float()
-        pixels = torch.from_numpy(np.concatenate([e.pixel_values for e in encoded]))
-        grids = [g for e in encoded for g in e.grids]
+        # Pictures only: the vision side needs no prompt.
+        batch = preprocess_images([s.images[0] for s in samples], builder.cfg)
+        pixels = batch["pixel_values"]
+        grids = [(int(h), int(w)) for h, w in batch["image_grid_hws"]]
         feats = model.multi_modal_projector(model.vision_tower(pixels, grids))
         loss = probe.what_loss(feats, labels) / len(labels)
         loss.backward()

@@ -15,7 +15,10 @@ out="${1:-${OUT:-gpu-check-out}}"
 mkdir -p "$out"
 py="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-tune_s="${GPU_CHECK_TUNE_SECONDS:-100}"  # per width
+tune_s="${GPU_CHECK_TUNE_SECONDS:-170}"  # per width: ~52 s tests + 2 x (tune + 60) + ~10 s bench < 8 min
+# Triton compiles every candidate config per M, so the common decode/prefill sizes go first and the
+# in-between ones fill whatever time is left under the cap.
+ms=1,16,64,256,1024,4096,4,32,128,512,2048
 failed=0
 
 step() {  # step NAME TIMEOUT_S COMMAND...: run, log to OUT/NAME.log, count a failure
@@ -37,10 +40,16 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 step tests 240 "$py" -m pytest -q --noconftest -p no:cacheprovider tests/kernels \
   -o addopts="" -W ignore::pytest.PytestConfigWarning
 step tune-n1408 $((tune_s + 60)) "$py" -m kernels.fused_moe.tune --width 1408 --shared 2816 \
-  --m 1,4,16,32,64,128,256,512,1024,2048,4096 --time-limit "$tune_s"
+  --m "$ms" --time-limit "$tune_s"
 step tune-n704 $((tune_s + 60)) "$py" -m kernels.fused_moe.tune --width 704 --shared 1408 \
-  --m 1,4,16,32,64,128,256,512,1024,2048,4096 --time-limit "$tune_s"
-cp kernels/fused_moe/configs/*.json "$out/" 2>/dev/null || true
+  --m "$ms" --time-limit "$tune_s"
+# Copied under names without "=" or "," (some artefact collectors refuse them); rename back with
+# tr '__' '=,' is ambiguous, so the original name is the first line of each copy's .name file.
+for f in kernels/fused_moe/configs/E=*.json; do
+  [ -e "$f" ] || continue
+  safe="$(basename "$f" | tr '=,' '__')"
+  cp "$f" "$out/$safe" && basename "$f" > "$out/$safe.name"
+done
 step bench 180 "$py" -m benchmarks.fused_moe --dtype bf16 --peer grouped_mm \
   --m 1,8,32,64,256,1024,4096 --json "$out/fused_moe-gpu-bf16.json"
 

@@ -45,3 +45,22 @@ def test_tuner_search_space_and_gpu_requirement():
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="CUDA"):
             tune.main(["--m", "1"])
+
+
+def test_shipped_configs_are_complete_and_launchable():
+    """Every tuned file in the package parses, names its (E, N) in its file name, and each
+    entry is a launchable Triton config: power-of-two blocks, BLOCK_SIZE_M ≥ 16 for tl.dot."""
+    configs.load_configs.cache_clear()
+    shipped = sorted(configs.CONFIG_DIR.glob("E=*,N=*,device_name=*.json"))
+    assert shipped, "the H200 configs tuned for N=1408 and N=704 are part of the package"
+    for path in shipped:
+        e, n, device = (part.split("=", 1)[1] for part in path.stem.split(","))
+        assert path == configs.config_path(int(e), int(n), device)
+        tuned = configs.load_configs(int(e), int(n), device)
+        assert tuned and 1 in tuned, path.name  # decode (M=1) is always tuned first
+        for cfg in tuned.values():
+            assert set(cfg) == set(configs.KEYS)
+            for key in ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "num_warps"):
+                assert cfg[key] & (cfg[key] - 1) == 0, (path.name, cfg)
+            assert cfg["BLOCK_SIZE_M"] >= 16 and cfg["num_stages"] >= 1
+    configs.load_configs.cache_clear()

@@ -43,8 +43,8 @@ step tune-n1408 $((tune_s + 60)) "$py" -m kernels.fused_moe.tune --width 1408 --
   --m "$ms" --time-limit "$tune_s"
 step tune-n704 $((tune_s + 60)) "$py" -m kernels.fused_moe.tune --width 704 --shared 1408 \
   --m "$ms" --time-limit "$tune_s"
-# Copied under names without "=" or "," (some artefact collectors refuse them); rename back with
-# tr '__' '=,' is ambiguous, so the original name is the first line of each copy's .name file.
+# Copied under names without "=" or "," (some artefact collectors refuse them). Reversing the
+# tr is ambiguous ("device_name" has a "_"), so each copy's .name file holds its original name.
 for f in kernels/fused_moe/configs/E=*.json; do
   [ -e "$f" ] || continue
   safe="$(basename "$f" | tr '=,' '__')"

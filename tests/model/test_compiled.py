@@ -24,43 +24,40 @@ def same(a: dict, b: dict) -> None:
     assert max(logprob_diffs(a, b, 32)) < 1e-4
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_compiled_equals_eager(run_generate, case: str) -> None:
-    compiled = run_generate("ours", compiled=True)
+@pytest.fixture(scope="module")
+def cases(tiny_ckpt: Path, parity_cases: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The parity cases and a video, in one engine run (a compiled start costs ~25 s)."""
+    from server.model.tokenizer import TikTokenTokenizer
+
+    tok = TikTokenTokenizer.from_pretrained(str(tiny_ckpt))
+    prompt = tok.encode(chat(VIDEO + "What happens in the video?"), add_special_tokens=False)
+    video = {
+        "name": "video",
+        "prompt_token_ids": prompt,
+        "images": [],
+        "videos": [{"size": [120, 90], "frames": 3, "seed": 10, "timestamps": None}],
+    }
+    path = tmp_path_factory.mktemp("compiled") / "cases.json"
+    path.write_text(json.dumps([*json.loads(parity_cases.read_text()), video]))
+    return path
+
+
+@pytest.mark.parametrize("case", (*CASES, "video"))
+def test_compiled_equals_eager(run_generate, cases: Path, case: str) -> None:
+    compiled = run_generate("ours", cases=cases, compiled=True)
     assert compiled["architecture"] == "KimiVLForConditionalGeneration"
-    same(compiled["cases"][case], run_generate("ours")["cases"][case])
+    same(compiled["cases"][case], run_generate("ours", cases=cases)["cases"][case])
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_compiled_equals_builtin_compiled(run_generate, case: str) -> None:
+def test_compiled_equals_builtin_compiled(run_generate, cases: Path, case: str) -> None:
     builtin = run_generate("builtin", compiled=True)
     assert builtin["architecture"] == "KimiVLBuiltinReference"
-    same(run_generate("ours", compiled=True)["cases"][case], builtin["cases"][case])
+    ours = run_generate("ours", cases=cases, compiled=True)
+    same(ours["cases"][case], builtin["cases"][case])
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_compiled_tensor_parallel_2_equals_eager(run_generate, case: str) -> None:
     tp2 = run_generate("ours", tp=2, compiled=True)["cases"][case]
     assert tp2["token_ids"] == run_generate("ours", tp=2)["cases"][case]["token_ids"]
-
-
-@pytest.fixture(scope="module")
-def video_case(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from server.model.tokenizer import TikTokenTokenizer
-
-    tok = TikTokenTokenizer.from_pretrained(str(tiny_ckpt))
-    prompt = tok.encode(chat(VIDEO + "What happens in the video?"), add_special_tokens=False)
-    case = {
-        "name": "video",
-        "prompt_token_ids": prompt,
-        "images": [],
-        "videos": [{"size": [120, 90], "frames": 3, "seed": 10, "timestamps": None}],
-    }
-    path = tmp_path_factory.mktemp("video-compiled") / "cases.json"
-    path.write_text(json.dumps([case]))
-    return path
-
-
-def test_compiled_video_equals_eager(run_generate, video_case: Path) -> None:
-    compiled = run_generate("ours", cases=video_case, compiled=True)["cases"]["video"]
-    same(compiled, run_generate("ours", cases=video_case)["cases"]["video"])

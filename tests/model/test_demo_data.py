@@ -5,28 +5,35 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from server.model.demo.checkpoint import preprocessor_config
 from server.model.demo.data import (
+    ASK_HEADS,
     CANVAS_MAX_SHAPES,
     CANVAS_MIN_SHAPE,
     CANVAS_SIDES,
     FOCUS_HEADS,
     SIDE_LEFT,
     SIDE_RIGHT,
+    Draw,
     _questions,
     canvas,
+    collate,
     draw,
+    encode_draws,
     focus_mask,
     follow_ups,
     token_class,
     token_labels,
 )
+from server.model.demo.prompt import PromptBuilder
 from server.model.demo.tasks import (
     COLORS,
     QUESTIONS,
     SHAPES,
     TASKS,
+    Sample,
     heldout_seed,
     make_sample,
 )
@@ -164,3 +171,77 @@ def test_focus_heads_see_both_ends_of_a_motion() -> None:
     color = make_sample("color", heldout_seed(8))
     both = focus_mask(color.question, token_labels(color, CFG))
     assert (both[0] == both[1]).all() and both[0].any()
+
+
+@pytest.fixture(scope="module")
+def builder(tmp_path_factory: pytest.TempPathFactory) -> PromptBuilder:
+    from server.model.demo.checkpoint import write_tokenizer
+    from server.model.demo.train import load_builder
+
+    folder = tmp_path_factory.mktemp("tok")
+    write_tokenizer(folder)
+    return load_builder(folder)
+
+
+def _decoded(builder: PromptBuilder, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
+    return [builder.tok.decode([int(ids[p])]).strip() for p in mask.nonzero()[:, 0]]
+
+
+def test_ask_heads_read_the_named_colour_and_shape_of_the_current_question(
+    builder: PromptBuilder,
+) -> None:
+    from server.model.demo.train import question_words
+
+    words = question_words(builder)
+    sample = make_sample("position", heldout_seed(3))
+    asked = sample.question.removeprefix("Is the ").split(" on the")[0].split()
+    # A follow-up names other words: each answer's ask mask covers its own question only.
+    follow = [(QUESTIONS["color"].format(shape="circle"), "red")]
+    d = Draw(sample, thinking=False, text_first=False, follow_ups=follow)
+    [e] = encode_draws(builder, [d])
+    tb = collate([e], 0, builder.ids["<|media_pad|>"], words, builder.ids["<|im_user|>"])
+    ids = tb.batch.input_ids[0]
+    assert tb.ask.shape[:2] == (2, ASK_HEADS)
+    assert _decoded(builder, ids, tb.ask[0, 0]) == [asked[0]]  # colour word
+    assert _decoded(builder, ids, tb.ask[0, 1]) == [asked[1]]  # shape word
+    assert (
+        _decoded(builder, ids, tb.ask[1, 0]) == ["circle"] == _decoded(builder, ids, tb.ask[1, 1])
+    )
+    assert int(tb.ask_cols[0]) == int(tb.focus_cols[0])  # the position that predicts the answer
+
+
+def test_count_focus_spreads_over_shape_centres_and_one_token_before_the_picture(
+    builder: PromptBuilder,
+) -> None:
+    sample = make_sample("count", heldout_seed(5))
+    [e] = encode_draws(builder, [Draw(sample, thinking=False, text_first=False)])
+    tb = collate([e], 0, builder.ids["<|media_pad|>"])
+    assert tb.focus_uniform.tolist() == [True]
+    ids = tb.batch.input_ids[0]
+    on = tb.focus[0, 0].nonzero()[:, 0]
+    assert len(on) == 1 + int(sample.answer) - _shared_centres(sample)
+    assert int(ids[on[0]]) == builder.ids["<|media_content|>"]
+    assert (ids[on[1:]] == builder.ids["<|media_pad|>"]).all()
+    color = make_sample("color", heldout_seed(5))
+    [e] = encode_draws(builder, [Draw(color, thinking=False, text_first=False)])
+    assert collate([e], 0, builder.ids["<|media_pad|>"]).focus_uniform.tolist() == [False]
+
+
+def _shared_centres(sample: Sample) -> int:
+    """Shapes whose centres fall in a token that already holds another shape's centre."""
+    labels = token_labels(sample, CFG)
+    return len(sample.scenes[0]) - int(labels[:, 1].sum())
+
+
+def test_position_table_starts_with_x_and_y_waves_that_survive_any_resize() -> None:
+    from server.model.demo.model import POSITION_FREQUENCIES, position_init
+    from server.model.moonvit_math import resize_position_table
+
+    table = position_init(64, 64, 96)
+    for grid in ((4, 12), (10, 10), (7, 3)):
+        flat = resize_position_table(table, grid).view(*grid, 96)
+        x = flat[0, :, 0]  # sin(pi x / 2): rises left to right
+        y = flat[:, 0, 2]
+        assert (x.diff() > 0).all() and (y.diff() > 0).all()
+        assert torch.allclose(flat[:, 0, 0], flat[0, 0, 0].expand(grid[0]), atol=1e-5)
+    assert table[..., 4 * len(POSITION_FREQUENCIES) :].abs().max() < 0.2

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from server.model.demo.model import Batch
 from server.model.demo.prompt import Encoded, PromptBuilder
@@ -248,8 +249,8 @@ FOCUS_HEADS = 2
 
 def focus_mask(question: str, labels: np.ndarray) -> np.ndarray:
     """[FOCUS_HEADS, tokens] bool: per taught attention head, the image tokens (rows of
-    `labels`) showing what `question` is about: the shape it names (or all shapes, to count
-    them). Videos: the shape in the last frame (colour at the end: both heads); for motion
+    `labels`) showing what `question` is about: the shape it names (to count: each shape's
+    centre token, see `counts_with_sink`). Videos: the shape in the last frame (colour at the end: both heads); for motion
     head 0 looks at the last frame and head 1 at the first, so that one layer sees both ends
     of the path."""
     cls = labels[:, 0].astype(np.int64)
@@ -267,12 +268,22 @@ def focus_mask(question: str, labels: np.ndarray) -> np.ndarray:
             keep &= color_of == _COLOR_INDEX[named["color"]] + 1
         frame = labels[:, 4]
         last = frame.max() if len(labels) else 0
+        if task == "count":  # one token per shape (its centre's); see `counts_with_sink`
+            return np.stack([labels[:, 1] > 0] * FOCUS_HEADS)
         if task == "motion":
             return np.stack([keep & (frame == last), keep & (frame == 0)])
         if task == "color_change":
             keep &= frame == last
         return np.stack([keep] * FOCUS_HEADS)
     raise ValueError(f"not a task question: {question!r}")
+
+
+def counts_with_sink(question: str) -> bool:
+    """The counting question's focus is a uniform look at each shape's centre token and at one
+    token before the picture (the `<|media_content|>` that opens it), not a look at the shapes
+    alone: an attention average over the shapes is the same for one shape or six, while the
+    share left on a fixed token, 1/(1 + n), says how many there are."""
+    return question == QUESTIONS["count"]
 
 
 @dataclass
@@ -286,11 +297,44 @@ class TrainBatch:
     focus_rows: torch.Tensor  # [K] per answer with a focus: batch row ...
     focus_cols: torch.Tensor  # [K] ... and the position that predicts its first token
     focus: torch.Tensor  # [K, FOCUS_HEADS, L] bool: per head, the image tokens it is about
+    focus_uniform: torch.Tensor  # [K] bool: the head should spread evenly over them (count)
+    ask_rows: torch.Tensor  # [Q] per answer whose question names a colour or a shape: batch row
+    ask_cols: torch.Tensor  # [Q] ... and the position that predicts its first token
+    ask: torch.Tensor  # [Q, ASK_HEADS, L] bool: the question's colour word, its shape word
 
 
-def collate(items: list[Encoded], pad_id: int, media_pad_id: int = -1) -> TrainBatch:
+ASK_HEADS = 2
+
+
+def asked_words(
+    ids: list[int], col: int, words: dict[int, int], turn_id: int
+) -> torch.Tensor | None:
+    """[ASK_HEADS, len(ids)] bool: in the user turn before position `col`, the colour word
+    (head 0) and the shape word (head 1) of the question (`words`: token id -> 0 colour, 1
+    shape); a question naming only one gives both heads that word. None: it names neither."""
+    turn = max((p for p in range(col + 1) if ids[p] == turn_id), default=0)
+    row = torch.zeros(ASK_HEADS, len(ids), dtype=torch.bool)
+    for p in range(turn, col + 1):
+        if ids[p] in words:
+            row[words[ids[p]], p] = True
+    named = row.any(dim=1)
+    if not named.any():
+        return None
+    if not named.all():
+        row[~named] = row[named]
+    return row
+
+
+def collate(
+    items: list[Encoded],
+    pad_id: int,
+    media_pad_id: int = -1,
+    words: dict[int, int] | None = None,
+    turn_id: int = -1,
+) -> TrainBatch:
     """Right-padded prompt+target sequences; each target token is predicted from the position
-    before it."""
+    before it. Training (`words`, `turn_id`: see `asked_words`) also gets each answer's focus
+    and ask masks."""
     seqs = [e.prompt_ids + e.target_ids[:-1] for e in items]
     longest = max(len(s) for s in seqs)
     ids = torch.full((len(items), longest), pad_id, dtype=torch.long)
@@ -311,19 +355,34 @@ def collate(items: list[Encoded], pad_id: int, media_pad_id: int = -1) -> TrainB
     f_rows: list[int] = []
     f_cols: list[int] = []
     f_masks: list[torch.Tensor] = []
+    f_uniform: list[bool] = []
     for i, (e, s) in enumerate(zip(items, seqs, strict=True)):
         if not e.focus:  # not a training encoding
             continue
         where = (torch.tensor(s) == media_pad_id).nonzero()[:, 0]
-        for start, mask in zip(e.answer_starts, e.focus, strict=True):
+        for start, mask, sink in zip(e.answer_starts, e.focus, e.focus_sink, strict=True):
             if not mask.any(axis=1).all():  # a head with nothing to look at
                 continue
             row = torch.zeros(FOCUS_HEADS, longest, dtype=torch.bool)
             for head in range(FOCUS_HEADS):
                 row[head, where[torch.from_numpy(mask[head])]] = True
+            if sink:
+                row[:, where[0] - 1] = True
+            f_uniform.append(sink)
             f_rows.append(i)
             f_cols.append(len(e.prompt_ids) - 1 + start)
             f_masks.append(row)
+    a_rows: list[int] = []
+    a_cols: list[int] = []
+    a_masks: list[torch.Tensor] = []
+    for i, (e, s) in enumerate(zip(items, seqs, strict=True)):
+        for start in e.answer_starts if words else ():
+            col = len(e.prompt_ids) - 1 + start
+            asked = asked_words(s, col, words or {}, turn_id)
+            if asked is not None:
+                a_rows.append(i)
+                a_cols.append(col)
+                a_masks.append(F.pad(asked, (0, longest - len(s))))
     pixel = [e.pixel_values for e in items if len(e.grids)]
     grids = [g for e in items for g in e.grids]
     labels = [e.labels for e in items if len(e.grids)]
@@ -341,6 +400,10 @@ def collate(items: list[Encoded], pad_id: int, media_pad_id: int = -1) -> TrainB
         torch.stack(f_masks)
         if f_masks
         else torch.zeros((0, FOCUS_HEADS, longest), dtype=torch.bool),
+        torch.tensor(f_uniform, dtype=torch.bool),
+        torch.tensor(a_rows, dtype=torch.long),
+        torch.tensor(a_cols, dtype=torch.long),
+        torch.stack(a_masks) if a_masks else torch.zeros((0, ASK_HEADS, longest), dtype=torch.bool),
     )
 
 
@@ -353,5 +416,6 @@ def encode_draws(builder: PromptBuilder, draws: list[Draw]) -> list[Encoded]:
         e.labels = token_labels(d.sample, builder.cfg)
         questions = [] if d.thinking else [d.sample.question, *(q for q, _ in d.follow_ups)]
         e.focus = [focus_mask(q, e.labels) for q in questions]
+        e.focus_sink = [counts_with_sink(q) for q in questions]
         out.append(e)
     return out

@@ -14,6 +14,7 @@ attention is causal, so padding never reaches a real position.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -82,12 +83,33 @@ class VisionBlock(nn.Module):
         return x + self.mlp(self.norm1(x))
 
 
+POSITION_FREQUENCIES = (0.5, 1.0, 2.0, 3.0)  # half-periods across the picture
+
+
+def position_init(pos_h: int, pos_w: int, hidden: int) -> torch.Tensor:
+    """The learned table's starting value: small noise, plus on the first 4 x len(
+    POSITION_FREQUENCIES) channels sin/cos waves of x and y with at most three half-periods
+    across the picture (like MAE's fixed 2-D sin-cos table, but only low frequencies, which
+    survive the bicubic resize to any grid). Every token then knows where it is from the
+    first step: the position and motion questions need a shape's x and y in its features, and
+    a ViT learning them from noise took hundreds of steps to find them at all."""
+    table = torch.randn(pos_h, pos_w, hidden) * 0.02
+    v = ((torch.arange(pos_h) + 0.5) / pos_h)[:, None].expand(pos_h, pos_w)
+    u = ((torch.arange(pos_w) + 0.5) / pos_w)[None, :].expand(pos_h, pos_w)
+    waves = []
+    for f in POSITION_FREQUENCIES:
+        waves += [torch.sin(math.pi * f * u), torch.cos(math.pi * f * u)]
+        waves += [torch.sin(math.pi * f * v), torch.cos(math.pi * f * v)]
+    table[..., : len(waves)] = torch.stack(waves, dim=-1)
+    return table
+
+
 class PositionTable(nn.Module):
     """The learned [H, W, C] table (checkpoint name `pos_emb.weight`)."""
 
     def __init__(self, pos_h: int, pos_w: int, hidden: int) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(pos_h, pos_w, hidden) * 0.02)
+        self.weight = nn.Parameter(position_init(pos_h, pos_w, hidden))
 
 
 class PatchEmbed(nn.Module):

@@ -69,6 +69,7 @@ class Encoded:
     # and per answer the image tokens that hold what it is about (data.focus_mask)
     answer_starts: list[int] = field(default_factory=list)
     focus: list[np.ndarray] = field(default_factory=list)
+    focus_sink: list[bool] = field(default_factory=list)  # data.counts_with_sink, per answer
 
 
 def target_text(sample: Sample, *, thinking: bool) -> str:

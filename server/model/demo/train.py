@@ -12,7 +12,10 @@ most `--tokens-per-micro-batch` padded tokens. The loss is cross-entropy on the 
 (and their `<|im_end|>`), plus two training-only signals that make a model this small learn
 in minutes instead of hours: per-token probes on the image features (colour, shape, centre,
 position, image/frame index) and a focus loss that teaches two attention heads to look at the
-image tokens each question is about. AdamW with warm-up and cosine decay; after every step the
+image tokens each question is about (and, for the count, to spread evenly over one token per
+shape and one fixed token) and two heads of the layer below to read the question's colour and
+shape words that this look needs. The position table of the vision tower starts with x and y
+waves (model.position_init). AdamW with warm-up and cosine decay; after every step the
 MoE routers' correction biases move towards balanced expert load. The checkpoint is written to
 DIR with a manifest.json holding sha256 of every file, the command, seed, steps, wall time and
 the held-out accuracy per task of the exported (bf16) weights.
@@ -38,7 +41,7 @@ from tqdm import tqdm
 
 from server.model.demo import checkpoint
 from server.model.demo.data import (
-    FOCUS_HEADS,
+    Draw,
     TrainBatch,
     canvas,
     collate,
@@ -65,6 +68,19 @@ def load_builder(tok_dir: Path) -> PromptBuilder:
     )
 
 
+def question_words(builder: PromptBuilder) -> dict[int, int]:
+    """Token id of each colour (-> 0) and shape (-> 1) word as the questions spell it (one
+    token each, with its leading space: the tokenizer's corpus makes them so)."""
+    out: dict[int, int] = {}
+    for head, names in enumerate((COLORS, SHAPES)):
+        for name in names:
+            ids = builder.text(" " + name)
+            if len(ids) != 1:
+                raise ValueError(f"{name!r} is {len(ids)} tokens")
+            out[ids[0]] = head
+    return out
+
+
 def micro_batches(items: list[Encoded], budget: int) -> list[list[Encoded]]:
     """Length-sorted chunks whose padded size (count x longest) stays within `budget`."""
     items = sorted(items, key=lambda e: len(e.prompt_ids) + len(e.target_ids))
@@ -89,6 +105,7 @@ WHERE_BACKGROUND, WHERE_SHAPE = 4.0, 16.0  # weights of the position probe's squ
 MAX_SHAPES = 6
 FOCUS_LAYER = 1  # decoder layer whose first FOCUS_HEADS heads are taught where to look
 ORDER_LAYER = 0  # decoder layer whose output at image tokens is taught the image/frame index
+ASK_LAYER = 0  # decoder layer whose first ASK_HEADS heads are taught to read the question
 
 
 class TokenProbe(nn.Module):
@@ -159,25 +176,51 @@ def forward(
     return model.language_model.lm_head(h[tb.rows, tb.cols]).float(), feats, mid
 
 
-def focus_loss(model: KimiVL, tb: TrainBatch) -> torch.Tensor:
-    """Summed -log(attention weight on the tokens the question is about), of the first
-    FOCUS_HEADS heads of decoder layer FOCUS_LAYER at the position that predicts each answer's
-    first token (data.focus_mask says where each head should look)."""
-    attn = model.language_model.model.layers[FOCUS_LAYER].self_attn
-    assert isinstance(attn, MLA) and attn.captured is not None
+def attention_loss(
+    attn: MLA,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    masks: torch.Tensor,
+    uniform: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Summed over the first masks.shape[1] heads of `attn` (its captured q and k) at the K
+    positions (rows, cols): -log(attention weight on the masked positions) [K, heads, L], or
+    where `uniform` [K] is set, the cross-entropy of the attention against an even spread
+    over them."""
+    assert attn.captured is not None
     q, k = attn.captured
-    if tb.focus_rows.numel() == 0:
-        return q.new_zeros(())
-    causal = torch.arange(k.shape[2])[None, :] <= tb.focus_cols[:, None]
+    if rows.numel() == 0:
+        return q.new_zeros((), dtype=torch.float32)
+    causal = torch.arange(k.shape[2])[None, :] <= cols[:, None]
     total = q.new_zeros((), dtype=torch.float32)
-    for head in range(FOCUS_HEADS):
-        qs = q[tb.focus_rows, head, tb.focus_cols].float()  # [K, D]
-        ks = k[tb.focus_rows, head].float()  # [K, L, D]
+    for head in range(masks.shape[1]):
+        qs = q[rows, head, cols].float()  # [K, D]
+        ks = k[rows, head].float()  # [K, L, D]
         logits = torch.einsum("kd,kld->kl", qs, ks) * qs.shape[-1] ** -0.5
         logp = torch.log_softmax(logits.masked_fill(~causal, float("-inf")), dim=-1)
-        on = torch.logsumexp(logp.masked_fill(~tb.focus[:, head], float("-inf")), dim=-1)
+        mask = masks[:, head]
+        on = torch.logsumexp(logp.masked_fill(~mask, float("-inf")), dim=-1)
+        if uniform is not None:
+            even = logp.masked_fill(~mask, 0.0).sum(-1) / mask.sum(-1).clamp(min=1)
+            on = torch.where(uniform, even, on)
         total = total - on.sum()
     return total
+
+
+def focus_loss(model: KimiVL, tb: TrainBatch) -> torch.Tensor:
+    """Two taught attention patterns at the position that predicts each answer's first token:
+    the first FOCUS_HEADS heads of decoder layer FOCUS_LAYER look at the image tokens the
+    question is about (data.focus_mask), and the first ASK_HEADS heads of layer ASK_LAYER at
+    the question's colour and shape words (data.asked_words), which is what the first
+    pattern's query is made of. Learnt from the answers alone, the two form together only
+    after a long plateau (position questions stayed at chance for ~450 steps)."""
+    layers = model.language_model.model.layers
+    looks = layers[FOCUS_LAYER].self_attn
+    asks = layers[ASK_LAYER].self_attn
+    assert isinstance(looks, MLA) and isinstance(asks, MLA)
+    return attention_loss(
+        looks, tb.focus_rows, tb.focus_cols, tb.focus, tb.focus_uniform
+    ) + attention_loss(asks, tb.ask_rows, tb.ask_cols, tb.ask)
 
 
 def train_step(
@@ -188,23 +231,30 @@ def train_step(
     probe_weight: float = 0.0,
     focus_weight: float = 0.0,
     detach_vision: bool = False,
-) -> tuple[float, float]:
+    words: dict[int, int] | None = None,
+    turn_id: int = -1,
+) -> tuple[float, float, float]:
     """Accumulate gradients over micro-batches; returns (mean loss per target token, mean probe
-    loss per image token)."""
-    attn = model.language_model.model.layers[FOCUS_LAYER].self_attn
-    assert isinstance(attn, MLA)
-    attn.capture = focus_weight > 0
+    loss per image token, mean focus loss per answer)."""
+    attns: list[MLA] = []
+    for i in (FOCUS_LAYER, ASK_LAYER):
+        attn = model.language_model.model.layers[i].self_attn
+        assert isinstance(attn, MLA)
+        attn.capture = focus_weight > 0
+        attns.append(attn)
     answers = sum(len(e.focus) for e in items)
     total = sum(len(e.target_ids) if e.target_mask is None else sum(e.target_mask) for e in items)
     image_tokens = sum(len(e.labels) for e in items if e.labels is not None)
-    loss_sum = probe_sum = 0.0
+    loss_sum = probe_sum = focus_sum = 0.0
     for chunk in micro_batches(items, budget):
-        tb = collate(chunk, pad_id=0, media_pad_id=model.media_pad_id)
+        tb = collate(chunk, 0, model.media_pad_id, words, turn_id)
         logits, feats, mid = forward(model, tb, detach_vision)
         loss = F.cross_entropy(logits, tb.targets, reduction="sum")
         objective = loss / total
         if focus_weight > 0:
-            objective = objective + focus_weight * focus_loss(model, tb) / max(1, answers)
+            focus = focus_loss(model, tb) / max(1, answers)
+            objective = objective + focus_weight * focus
+            focus_sum += float(focus.detach())
         if probe is not None and feats is not None and mid is not None:
             if tb.token_labels is not None:
                 aux = probe.loss(feats, mid, tb.token_labels)
@@ -212,8 +262,9 @@ def train_step(
                 probe_sum += float(aux.detach())
         objective.backward()
         loss_sum += float(loss.detach())
-    attn.capture, attn.captured = False, None
-    return loss_sum / total, probe_sum / max(1, image_tokens)
+    for attn in attns:
+        attn.capture, attn.captured = False, None
+    return loss_sum / total, probe_sum / max(1, image_tokens), focus_sum
 
 
 @torch.no_grad()
@@ -287,6 +338,53 @@ def pretrain_vision(
         bar.set_postfix(loss=f"{ema:.3f}")
 
 
+@torch.no_grad()
+def diagnose(
+    model: KimiVL,
+    probe: TokenProbe,
+    builder: PromptBuilder,
+    samples: list[Sample],
+    words: dict[int, int],
+) -> str:
+    """Per task, on held-out samples: the attention mass the taught heads put where they are
+    taught to look (layer FOCUS_LAYER's focus heads, layer ASK_LAYER's ask heads; 1.0 =
+    all of it), and on position pictures how often the side probe reads each shape's side
+    from its tokens."""
+    was_training = model.training
+    model.eval()
+    layers = model.language_model.model.layers
+    looks, asks = layers[FOCUS_LAYER].self_attn, layers[ASK_LAYER].self_attn
+    assert isinstance(looks, MLA) and isinstance(asks, MLA)
+    parts = []
+    for task in dict.fromkeys(s.task for s in samples):
+        group = [s for s in samples if s.task == task]
+        draws = [Draw(s, thinking=False, text_first=False) for s in group]
+        tb = collate(
+            encode_draws(builder, draws), 0, model.media_pad_id, words, builder.ids["<|im_user|>"]
+        )
+        looks.capture = asks.capture = True
+        _, feats, _ = forward(model, tb)
+        masses = []
+        for attn, rows, cols, masks in (
+            (looks, tb.focus_rows, tb.focus_cols, tb.focus),
+            (asks, tb.ask_rows, tb.ask_cols, tb.ask),
+        ):
+            if rows.numel():
+                masses.append(
+                    math.exp(-float(attention_loss(attn, rows, cols, masks)) / (2 * len(rows)))
+                )
+        looks.capture = asks.capture = False
+        looks.captured = asks.captured = None
+        line = f"{task}: mass " + "/".join(f"{m:.2f}" for m in masses)
+        if task == "position" and feats is not None and tb.token_labels is not None:
+            side = tb.token_labels[:, 6].long()
+            pred = probe.side(feats.float()).argmax(-1) + 1
+            line += f" side-probe {float((pred == side)[side > 0].float().mean()):.2f}"
+        parts.append(line)
+    model.train(was_training)
+    return "; ".join(parts)
+
+
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -322,6 +420,7 @@ def train(args: argparse.Namespace) -> dict:
         betas=(0.9, 0.98),
     )
     subset = tuple(args.tasks.split(",")) if args.tasks else TASKS
+    words = question_words(builder)
     pretrain_vision(model, probe, builder, args)
     if args.vision_pretrain:
         named = shape_accuracy(model, probe, builder, heldout_samples(6, EVAL_OFFSET + 1))
@@ -332,7 +431,7 @@ def train(args: argparse.Namespace) -> dict:
         else []
     )
     bar = tqdm(range(args.steps), desc="train", file=sys.stdout, dynamic_ncols=True)
-    ema = probe_ema = None
+    ema = probe_ema = focus_ema = None
     for step in bar:
         lr = learning_rate(step, args.steps, args.lr, args.warmup)
         for group in opt.param_groups:
@@ -340,7 +439,7 @@ def train(args: argparse.Namespace) -> dict:
         draws = [
             draw(args.seed, step * args.batch_size + i, subset) for i in range(args.batch_size)
         ]
-        loss, probe_loss = train_step(
+        loss, probe_loss, focus = train_step(
             model,
             encode_draws(builder, draws),
             args.tokens_per_micro_batch,
@@ -348,6 +447,8 @@ def train(args: argparse.Namespace) -> dict:
             args.probe_weight,
             args.focus_weight,
             detach_vision=args.detach_vision < 0 or step < args.detach_vision,
+            words=words,
+            turn_id=builder.ids["<|im_user|>"],
         )
         torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
         opt.step()
@@ -356,11 +457,19 @@ def train(args: argparse.Namespace) -> dict:
             moe.balance(BALANCE_RATE)
         ema = loss if ema is None else 0.95 * ema + 0.05 * loss
         probe_ema = probe_loss if probe_ema is None else 0.95 * probe_ema + 0.05 * probe_loss
-        bar.set_postfix(loss=f"{ema:.3f}", probe=f"{probe_ema:.3f}", lr=f"{lr:.1e}")
+        focus_ema = focus if focus_ema is None else 0.95 * focus_ema + 0.05 * focus
+        bar.set_postfix(
+            loss=f"{ema:.3f}", probe=f"{probe_ema:.3f}", focus=f"{focus_ema:.3f}", lr=f"{lr:.1e}"
+        )
         if args.eval_every and ((step + 1) % args.eval_every == 0 or step + 1 == args.steps):
             acc = accuracy(model, builder, eval_samples)
             line = " ".join(f"{t}={v['accuracy']:.2f}" for t, v in acc.items())
-            bar.write(f"step {step + 1} loss {ema:.4f} probe {probe_ema:.4f} held-out: {line}")
+            if args.diagnose:
+                bar.write(diagnose(model, probe, builder, eval_samples[: 6 * len(subset)], words))
+            bar.write(
+                f"step {step + 1} loss {ema:.4f} probe {probe_ema:.4f} focus {focus_ema:.3f}"
+                f" held-out: {line}"
+            )
     train_s = time.perf_counter() - started
 
     out: Path = args.out
@@ -398,14 +507,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m server.model.demo.train", description=__doc__.splitlines()[0]
     )
     ap.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
-    ap.add_argument("--steps", type=int, default=3600)
+    ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--tokens-per-micro-batch", type=int, default=3072)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=200)
-    ap.add_argument("--eval-every", type=int, default=900, help="0 = no progress evaluation")
+    ap.add_argument("--eval-every", type=int, default=250, help="0 = no progress evaluation")
     ap.add_argument("--eval-n", type=int, default=10, help="progress evaluation: samples per task")
     ap.add_argument("--final-n", type=int, default=100, help="final evaluation: samples per task")
     ap.add_argument(
@@ -415,7 +524,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--vision-pretrain",
         type=int,
-        default=4000,
+        default=1000,
         help="stage 1: steps on small canvases for the vision side alone (0: none)",
     )
     ap.add_argument("--pretrain-batch", type=int, default=64, help="canvases per stage-1 step")
@@ -425,6 +534,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=-1,
         help="the answer loss reaches the vision side only after this step (-1: never)",
+    )
+    ap.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="print the taught heads' attention at each evaluation",
     )
     ap.add_argument("--tasks", default="", help="comma-separated subset of the tasks (default all)")
     args = ap.parse_args(argv)

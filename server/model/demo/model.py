@@ -377,17 +377,17 @@ class KimiVL(nn.Module):
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Input embeddings [B, L, H] -> final (normed) hidden states [B, L, H]."""
-        return self.decode_keeping(x, None)[0]
+        return self.decode_keeping(x, ())[0]
 
     def decode_keeping(
-        self, x: torch.Tensor, layer: int | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`decode`, also returning the output of decoder layer `layer` (None: nothing kept)."""
-        kept = None
+        self, x: torch.Tensor, layers: tuple[int, ...]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`decode`, also returning the outputs of the decoder layers `layers`, in order."""
+        kept = []
         for i, block in enumerate(self.language_model.model.layers):
             x = block(x)
-            if i == layer:
-                kept = x
+            if i in layers:
+                kept.append(x)
         return self.language_model.model.norm(x), kept
 
     def logits_at(

@@ -106,6 +106,10 @@ MAX_SHAPES = 6
 FOCUS_LAYER = 1  # decoder layer whose first FOCUS_HEADS heads are taught where to look
 ORDER_LAYER = 0  # decoder layer whose output at image tokens is taught the image/frame index
 ASK_LAYER = 0  # decoder layer whose first ASK_HEADS heads are taught to read the question
+# Deep supervision: the answers are also read from these layers' outputs (through the final
+# norm and the head, weighted by --early-weight), so the layer whose heads look at the image
+# learns at once to turn what they see into an answer, instead of waiting for the layers above.
+EARLY_LAYERS = (FOCUS_LAYER,)
 
 
 class TokenProbe(nn.Module):
@@ -137,19 +141,23 @@ class TokenProbe(nn.Module):
         # would swamp it.
         return total + _masked_ce(self.shape(f), shape - 1, color > 0)
 
+    def where_loss(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Summed weighted squared error of each token's (x, y): its shape's centre, or its own
+        centre on the background."""
+        where = (self.where(feats.float()) - labels[:, 2:4]).pow(2).sum(-1)
+        # Shapes' positions weigh more: background tokens (most of them) only say where they are.
+        return (where * torch.where(labels[:, 0] > 0, WHERE_SHAPE, WHERE_BACKGROUND)).sum()
+
     def loss(
         self, feats: torch.Tensor, mid: torch.Tensor | None, labels: torch.Tensor
     ) -> torch.Tensor:
         f = feats.float()
-        total = self.what_loss(f, labels)
+        total = self.what_loss(f, labels) + self.where_loss(f, labels)
         side = labels[:, 6].long()  # only on the two shapes of a position picture
         total = total + _masked_ce(self.side(f), side - 1, side > 0)
         total = total + F.binary_cross_entropy_with_logits(
             self.centre(f)[:, 0], labels[:, 1], reduction="sum"
         )
-        where = (self.where(f) - labels[:, 2:4]).pow(2).sum(-1)
-        # Shapes' positions weigh more: background tokens (most of them) only say where they are.
-        total = total + (where * torch.where(labels[:, 0] > 0, WHERE_SHAPE, WHERE_BACKGROUND)).sum()
         total = total + F.cross_entropy(self.count(f), labels[:, 5].long(), reduction="sum")
         if mid is None:
             return total
@@ -165,15 +173,23 @@ def _masked_ce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -
 
 def forward(
     model: KimiVL, tb: TrainBatch, detach_vision: bool = False
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Logits at the target positions, the image features, and layer ORDER_LAYER's output at
-    the image tokens (same order as the features). `detach_vision`: the decoder's losses do
-    not reach the vision tower and projector (they learn from the probes alone)."""
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, list[torch.Tensor]]:
+    """Logits at the target positions, the image features, layer ORDER_LAYER's output at the
+    image tokens (same order as the features), and the logits at the target positions read
+    early (EARLY_LAYERS' outputs through the final norm and the head). `detach_vision`: the
+    decoder's losses do not reach the vision tower and projector (they learn from the probes
+    alone)."""
     feats = model.image_features(tb.batch)
     into = None if feats is None else feats.detach() if detach_vision else feats
-    h, kept = model.decode_keeping(model.embed(tb.batch, into), ORDER_LAYER)
-    mid = None if feats is None or kept is None else kept[tb.batch.input_ids == model.media_pad_id]
-    return model.language_model.lm_head(h[tb.rows, tb.cols]).float(), feats, mid
+    keep = (ORDER_LAYER, *EARLY_LAYERS)
+    h, kept = model.decode_keeping(model.embed(tb.batch, into), keep)
+    by_layer = dict(zip(sorted(set(keep)), kept, strict=True))
+    mid = None
+    if feats is not None:
+        mid = by_layer[ORDER_LAYER][tb.batch.input_ids == model.media_pad_id]
+    head, norm = model.language_model.lm_head, model.language_model.model.norm
+    early = [head(norm(by_layer[i][tb.rows, tb.cols])).float() for i in EARLY_LAYERS]
+    return head(h[tb.rows, tb.cols]).float(), feats, mid, early
 
 
 def attention_loss(
@@ -233,6 +249,7 @@ def train_step(
     detach_vision: bool = False,
     words: dict[int, int] | None = None,
     turn_id: int = -1,
+    early_weight: float = 0.0,
 ) -> tuple[float, float, float]:
     """Accumulate gradients over micro-batches; returns (mean loss per target token, mean probe
     loss per image token, mean focus loss per answer)."""
@@ -248,9 +265,14 @@ def train_step(
     loss_sum = probe_sum = focus_sum = 0.0
     for chunk in micro_batches(items, budget):
         tb = collate(chunk, 0, model.media_pad_id, words, turn_id)
-        logits, feats, mid = forward(model, tb, detach_vision)
+        logits, feats, mid, early = forward(model, tb, detach_vision)
         loss = F.cross_entropy(logits, tb.targets, reduction="sum")
         objective = loss / total
+        for read in early:
+            objective = (
+                objective
+                + early_weight * F.cross_entropy(read, tb.targets, reduction="sum") / total
+            )
         if focus_weight > 0:
             focus = focus_loss(model, tb) / max(1, answers)
             objective = objective + focus_weight * focus
@@ -299,7 +321,8 @@ def shape_accuracy(
 def pretrain_vision(
     model: KimiVL, probe: TokenProbe, builder: PromptBuilder, args: argparse.Namespace
 ) -> None:
-    """Stage 1: the vision tower and projector learn what each token shows (colour, shape) on
+    """Stage 1: the vision tower and projector learn what each token shows (colour, shape, where
+    its shape is) on
     `--pretrain-batch` small canvases per step (data.canvas), with their own AdamW and
     schedule. A ViT has no convolution inside its 14-px patches, so it learns shapes only
     from many examples at every offset and scale: on the task pictures (mostly background,
@@ -310,6 +333,7 @@ def pretrain_vision(
         *model.multi_modal_projector.parameters(),
         *probe.color.parameters(),
         *probe.shape.parameters(),
+        *probe.where.parameters(),
     ]
     opt = torch.optim.AdamW(params, lr=args.pretrain_lr, betas=(0.9, 0.98), weight_decay=0.01)
     bar = tqdm(range(args.vision_pretrain), desc="vision", file=sys.stdout, dynamic_ncols=True)
@@ -328,7 +352,7 @@ def pretrain_vision(
         pixels = batch["pixel_values"]
         grids = [(int(h), int(w)) for h, w in batch["image_grid_hws"]]
         feats = model.multi_modal_projector(model.vision_tower(pixels, grids))
-        loss = probe.what_loss(feats, labels) / len(labels)
+        loss = (probe.what_loss(feats, labels) + probe.where_loss(feats, labels)) / len(labels)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -363,7 +387,7 @@ def diagnose(
             encode_draws(builder, draws), 0, model.media_pad_id, words, builder.ids["<|im_user|>"]
         )
         looks.capture = asks.capture = True
-        _, feats, _ = forward(model, tb)
+        _, feats, _, _ = forward(model, tb)
         masses = []
         for attn, rows, cols, masks in (
             (looks, tb.focus_rows, tb.focus_cols, tb.focus),
@@ -449,6 +473,7 @@ def train(args: argparse.Namespace) -> dict:
             detach_vision=args.detach_vision < 0 or step < args.detach_vision,
             words=words,
             turn_id=builder.ids["<|im_user|>"],
+            early_weight=args.early_weight,
         )
         torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
         opt.step()
@@ -507,7 +532,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m server.model.demo.train", description=__doc__.splitlines()[0]
     )
     ap.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=1400)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--batch-size", type=int, default=8)
@@ -522,9 +547,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--focus-weight", type=float, default=1.0, help="weight of the focus loss")
     ap.add_argument(
+        "--early-weight",
+        type=float,
+        default=0.5,
+        help="weight of the answers read from layer FOCUS_LAYER's output (0: none)",
+    )
+    ap.add_argument(
         "--vision-pretrain",
         type=int,
-        default=1000,
+        default=2500,
         help="stage 1: steps on small canvases for the vision side alone (0: none)",
     )
     ap.add_argument("--pretrain-batch", type=int, default=64, help="canvases per stage-1 step")

@@ -383,9 +383,8 @@ def diagnose(
     for task in dict.fromkeys(s.task for s in samples):
         group = [s for s in samples if s.task == task]
         draws = [Draw(s, thinking=False, text_first=False) for s in group]
-        tb = collate(
-            encode_draws(builder, draws), 0, model.media_pad_id, words, builder.ids["<|im_user|>"]
-        )
+        encoded = encode_draws(builder, draws)
+        tb = collate(encoded, 0, model.media_pad_id, words, builder.ids["<|im_user|>"])
         looks.capture = asks.capture = True
         _, feats, _, _ = forward(model, tb)
         masses = []
@@ -404,9 +403,38 @@ def diagnose(
             side = tb.token_labels[:, 6].long()
             pred = probe.side(feats.float()).argmax(-1) + 1
             line += f" side-probe {float((pred == side)[side > 0].float().mean()):.2f}"
+        if task == "motion" and feats is not None:
+            line += f" where-probe {_motion_from_where(probe, feats, encoded, group):.2f}"
         parts.append(line)
     model.train(was_training)
     return "; ".join(parts)
+
+
+_OFFSETS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+
+
+def _motion_from_where(
+    probe: TokenProbe, feats: torch.Tensor, encoded: list[Encoded], samples: list[Sample]
+) -> float:
+    """How often the direction from the where probe (mean (x, y) over the shape's tokens in the
+    last frame minus the first) is the motion's answer: what the two focus heads can read."""
+    where = probe.where(feats.float())
+    right = start = 0
+    for e, sample in zip(encoded, samples, strict=True):
+        assert e.labels is not None
+        labels = torch.from_numpy(e.labels).float()
+        xy = where[start : start + len(labels)]
+        start += len(labels)
+        shape, frame = labels[:, 0] > 0, labels[:, 4]
+        first, last = shape & (frame == 0), shape & (frame == frame.max())
+        if not (first.any() and last.any()):
+            continue
+        move = xy[last].mean(0) - xy[first].mean(0)
+        best = max(
+            _OFFSETS, key=lambda d: float(move[0] * _OFFSETS[d][0] + move[1] * _OFFSETS[d][1])
+        )
+        right += best == sample.answer
+    return right / max(1, len(samples))
 
 
 def sha256(path: Path) -> str:

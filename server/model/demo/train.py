@@ -172,24 +172,25 @@ def _masked_ce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -
 
 
 def forward(
-    model: KimiVL, tb: TrainBatch, detach_vision: bool = False
+    model: KimiVL, tb: TrainBatch, detach_vision: bool = False, early: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, list[torch.Tensor]]:
     """Logits at the target positions, the image features, layer ORDER_LAYER's output at the
     image tokens (same order as the features), and the logits at the target positions read
-    early (EARLY_LAYERS' outputs through the final norm and the head). `detach_vision`: the
-    decoder's losses do not reach the vision tower and projector (they learn from the probes
-    alone)."""
+    early (`early`: EARLY_LAYERS' outputs through the final norm and the head; else none).
+    `detach_vision`: the decoder's losses do not reach the vision tower and projector (they
+    learn from the probes alone)."""
     feats = model.image_features(tb.batch)
     into = None if feats is None else feats.detach() if detach_vision else feats
-    keep = (ORDER_LAYER, *EARLY_LAYERS)
+    reads = EARLY_LAYERS if early else ()
+    keep = (ORDER_LAYER, *reads)
     h, kept = model.decode_keeping(model.embed(tb.batch, into), keep)
     by_layer = dict(zip(sorted(set(keep)), kept, strict=True))
     mid = None
     if feats is not None:
         mid = by_layer[ORDER_LAYER][tb.batch.input_ids == model.media_pad_id]
     head, norm = model.language_model.lm_head, model.language_model.model.norm
-    early = [head(norm(by_layer[i][tb.rows, tb.cols])).float() for i in EARLY_LAYERS]
-    return head(h[tb.rows, tb.cols]).float(), feats, mid, early
+    logits = [head(norm(by_layer[i][tb.rows, tb.cols])).float() for i in reads]
+    return head(h[tb.rows, tb.cols]).float(), feats, mid, logits
 
 
 def attention_loss(
@@ -265,7 +266,7 @@ def train_step(
     loss_sum = probe_sum = focus_sum = 0.0
     for chunk in micro_batches(items, budget):
         tb = collate(chunk, 0, model.media_pad_id, words, turn_id)
-        logits, feats, mid, early = forward(model, tb, detach_vision)
+        logits, feats, mid, early = forward(model, tb, detach_vision, early_weight > 0)
         loss = F.cross_entropy(logits, tb.targets, reduction="sum")
         objective = loss / total
         for read in early:

@@ -16,6 +16,7 @@ from server.model.demo.data import (
     FOCUS_HEADS,
     SIDE_LEFT,
     SIDE_RIGHT,
+    VALUE_FIELDS,
     Draw,
     _questions,
     canvas,
@@ -23,6 +24,7 @@ from server.model.demo.data import (
     draw,
     encode_draws,
     focus_mask,
+    focus_values,
     follow_ups,
     token_class,
     token_labels,
@@ -173,6 +175,34 @@ def test_focus_heads_see_both_ends_of_a_motion() -> None:
     assert (both[0] == both[1]).all() and both[0].any()
 
 
+def test_focus_values_say_where_and_what_each_focus_head_looks_at() -> None:
+    sample = make_sample("motion", heldout_seed(8))
+    labels = token_labels(sample, CFG)
+    values = focus_values(labels, focus_mask(sample.question, labels), sink=False)
+    field = {name: i for i, name in enumerate(VALUE_FIELDS)}
+    last, first = sample.scenes[-1][0], sample.scenes[0][0]
+    frame = sample.frames[0]
+    for head, shape, index in ((0, last, len(sample.frames) - 1), (1, first, 0)):
+        x, y = values[head, field["x"]], values[head, field["y"]]
+        assert x == pytest.approx(shape.cx / frame.width)
+        assert y == pytest.approx((shape.y + shape.size / 2) / frame.height)
+        assert values[head, field["media"]] == index
+        assert SHAPES[int(values[head, field["shape"]])] == shape.kind
+        assert list(COLORS)[int(values[head, field["color"]])] == shape.color
+        assert np.isnan(values[head, field["count"]])
+    # the motion is the difference of the two heads' positions
+    moved = values[0, :2] - values[1, :2]
+    axis = int(np.abs(moved).argmax())
+    way = {(0, 1): "right", (0, -1): "left", (1, 1): "down", (1, -1): "up"}
+    assert way[axis, int(np.sign(moved[axis]))] == sample.answer
+
+    count = make_sample("count", heldout_seed(8))
+    labels = token_labels(count, CFG)
+    values = focus_values(labels, focus_mask(count.question, labels), sink=True)
+    assert (values[:, field["count"]] == int(count.answer)).all()
+    assert np.isnan(values[:, : field["count"]]).all()
+
+
 @pytest.fixture(scope="module")
 def builder(tmp_path_factory: pytest.TempPathFactory) -> PromptBuilder:
     from server.model.demo.checkpoint import write_tokenizer
@@ -217,6 +247,7 @@ def test_count_focus_spreads_over_shape_centres_and_one_token_before_the_picture
     [e] = encode_draws(builder, [Draw(sample, thinking=False, text_first=False)])
     tb = collate([e], 0, builder.ids["<|media_pad|>"])
     assert tb.focus_uniform.tolist() == [True]
+    assert tb.focus_values[0, :, -1].tolist() == [int(sample.answer)] * FOCUS_HEADS
     ids = tb.batch.input_ids[0]
     on = tb.focus[0, 0].nonzero()[:, 0]
     assert len(on) == 1 + int(sample.answer) - _shared_centres(sample)

@@ -298,12 +298,39 @@ class TrainBatch:
     focus_cols: torch.Tensor  # [K] ... and the position that predicts its first token
     focus: torch.Tensor  # [K, FOCUS_HEADS, L] bool: per head, the image tokens it is about
     focus_uniform: torch.Tensor  # [K] bool: the head should spread evenly over them (count)
+    # [K, FOCUS_HEADS, len(VALUE_FIELDS)] what each focus head reads there (NaN: not asked)
+    focus_values: torch.Tensor
     ask_rows: torch.Tensor  # [Q] per answer whose question names a colour or a shape: batch row
     ask_cols: torch.Tensor  # [Q] ... and the position that predicts its first token
     ask: torch.Tensor  # [Q, ASK_HEADS, L] bool: the question's colour word, its shape word
 
 
 ASK_HEADS = 2
+# What a focus head's output is taught to carry (see `focus_values`).
+VALUE_FIELDS = ("x", "y", "color", "shape", "media", "count")
+
+
+def focus_values(labels: np.ndarray, mask: np.ndarray, sink: bool) -> np.ndarray:
+    """[FOCUS_HEADS, len(VALUE_FIELDS)]: per focus head, what the image tokens it looks at
+    (`mask`, as from `focus_mask`) show: the mean (x, y) of the shape there, its colour and
+    shape index, the index of its image or frame; for the count (`sink`) only the number of
+    shapes. NaN where a field says nothing."""
+    out = np.full((FOCUS_HEADS, len(VALUE_FIELDS)), np.nan)
+    for head in range(FOCUS_HEADS):
+        sel = labels[mask[head]]
+        if sink:
+            out[head, 5] = labels[0, 5]
+            continue
+        cls = np.bincount(sel[:, 0].astype(np.int64)).argmax()
+        color, shape = split_token_class(int(cls))
+        out[head, :5] = (
+            sel[:, 2].mean(),
+            sel[:, 3].mean(),
+            color - 1,
+            shape - 1,
+            np.bincount(sel[:, 4].astype(np.int64)).argmax(),
+        )
+    return out
 
 
 def asked_words(
@@ -356,6 +383,7 @@ def collate(
     f_cols: list[int] = []
     f_masks: list[torch.Tensor] = []
     f_uniform: list[bool] = []
+    f_values: list[np.ndarray] = []
     for i, (e, s) in enumerate(zip(items, seqs, strict=True)):
         if not e.focus:  # not a training encoding
             continue
@@ -369,6 +397,8 @@ def collate(
             if sink:
                 row[:, where[0] - 1] = True
             f_uniform.append(sink)
+            assert e.labels is not None
+            f_values.append(focus_values(e.labels, mask, sink))
             f_rows.append(i)
             f_cols.append(len(e.prompt_ids) - 1 + start)
             f_masks.append(row)
@@ -401,6 +431,9 @@ def collate(
         if f_masks
         else torch.zeros((0, FOCUS_HEADS, longest), dtype=torch.bool),
         torch.tensor(f_uniform, dtype=torch.bool),
+        torch.from_numpy(np.stack(f_values)).float()
+        if f_values
+        else torch.zeros((0, FOCUS_HEADS, len(VALUE_FIELDS))),
         torch.tensor(a_rows, dtype=torch.long),
         torch.tensor(a_cols, dtype=torch.long),
         torch.stack(a_masks) if a_masks else torch.zeros((0, ASK_HEADS, longest), dtype=torch.bool),

@@ -8,12 +8,13 @@ correction bias and shared experts) -> RMSNorm -> untied head.
 
 Module and parameter names follow the checkpoint, except that the routed experts of a layer
 are stacked (`experts_w13` [E, 2N, H], `experts_w2` [E, H, N]); export.py splits them.
-Images are batched padded ([images, longest, C] with a key mask); text is right-padded and
-attention is causal, so padding never reaches a real position.
+The vision blocks run on packed patches, attention over runs of same-size images; text is
+right-padded and attention is causal, so padding never reaches a real position.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -67,20 +68,42 @@ class VisionBlock(nn.Module):
         self.wo = nn.Linear(hidden, hidden)
         self.mlp = VisionMLP(hidden, inner)
 
-    def forward(self, x: torch.Tensor, cos_sin: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """x [I, L, C] (images padded to L), cos_sin [I, L, D/2, 2], keep [I, 1, 1, L] key mask."""
-        n, length, c = x.shape
-        qkv = self.wqkv(self.norm0(x)).view(n * length, 3, self.heads, self.head_dim)
-        cs = cos_sin.reshape(n * length, -1, 2)
-        q, k, v = (
-            apply_rope(qkv[:, 0], cs),
-            apply_rope(qkv[:, 1], cs),
-            qkv[:, 2],
-        )
-        q, k, v = (t.view(n, length, self.heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
-        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
-        x = x + self.wo(attn.transpose(1, 2).reshape(n, length, c))
+    def forward(self, x: torch.Tensor, cos_sin: torch.Tensor, groups: list[Group]) -> torch.Tensor:
+        """x [N, C] packed patches, cos_sin [N, D/2, 2]; `groups` (see `length_groups`) are
+        runs of same-size images: attention runs within each image with no padding."""
+        total, c = x.shape
+        qkv = self.wqkv(self.norm0(x)).view(total, 3, self.heads, self.head_dim)
+        q, k, v = apply_rope(qkv[:, 0], cos_sin), apply_rope(qkv[:, 1], cos_sin), qkv[:, 2]
+        outs = []
+        for start, count, length in groups:
+            end = start + count * length
+            q_, k_, v_ = (
+                t[start:end].view(count, length, self.heads, self.head_dim).transpose(1, 2)
+                for t in (q, k, v)
+            )
+            outs.append(F.scaled_dot_product_attention(q_, k_, v_).transpose(1, 2))
+        attn = torch.cat([o.reshape(-1, c) for o in outs])
+        x = x + self.wo(attn)
         return x + self.mlp(self.norm1(x))
+
+
+Group = tuple[int, int, int]  # (first packed row, images, patches per image)
+
+
+def length_groups(lengths: list[int]) -> tuple[list[int], list[Group]]:
+    """Images reordered so that same-size ones are adjacent (stable), and the runs they form:
+    (order of the images, [(first packed row, images, patches each)])."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups: list[Group] = []
+    row = 0
+    for i in order:
+        if groups and groups[-1][2] == lengths[i]:
+            first, count, length = groups[-1]
+            groups[-1] = (first, count + 1, length)
+        else:
+            groups.append((row, 1, lengths[i]))
+        row += lengths[i]
+    return order, groups
 
 
 POSITION_FREQUENCIES = (0.5, 1.0, 2.0, 3.0)  # half-periods across the picture
@@ -143,29 +166,31 @@ class MoonViT(nn.Module):
         )
 
     def forward(self, pixel_values: torch.Tensor, grids: list[Grid]) -> torch.Tensor:
-        """Packed patches [sum gh*gw, 3, 14, 14] -> merged features [sum gh*gw/4, 4, C]."""
+        """Packed patches [sum gh*gw, 3, 14, 14] -> merged features [sum gh*gw/4, 4, C].
+
+        The blocks run on the patches reordered by image size (`length_groups`): per-token
+        layers see no padding and attention needs no mask."""
         lengths = [h * w for h, w in grids]
-        longest, n = max(lengths), len(grids)
         dev = pixel_values.device
         x = self.patch_embed(pixel_values)
-        pos = torch.cat([resize_position_table(self.patch_embed.pos_emb.weight, g) for g in grids])
-        x = x + pos
-        head_dim = self.hidden // self.heads
-        cos_sin = torch.zeros(n, longest, head_dim // 2, 2, device=dev)
-        padded = x.new_zeros(n, longest, self.hidden)
-        keep = torch.zeros(n, 1, 1, longest, dtype=torch.bool, device=dev)
-        start = 0
-        for i, (g, length) in enumerate(zip(grids, lengths, strict=True)):
-            padded[i, :length] = x[start : start + length]
-            cos_sin[i, :length] = rope_cos_sin(g, head_dim, VISION_ROPE_THETA, dev)
-            keep[i, ..., :length] = True
-            start += length
+        table, head_dim = self.patch_embed.pos_emb.weight, self.hidden // self.heads
+        sizes = dict.fromkeys(grids)  # each distinct grid resized once (a clip's frames share one)
+        pos = {g: resize_position_table(table, g) for g in sizes}
+        rope = {g: rope_cos_sin(g, head_dim, VISION_ROPE_THETA, dev) for g in sizes}
+        x = x + torch.cat([pos[g] for g in grids])
+        cos_sin = torch.cat([rope[g] for g in grids])
+        order, groups = length_groups(lengths)
+        starts = [0, *itertools.accumulate(lengths)]
+        rows = torch.cat([torch.arange(starts[i], starts[i + 1], device=dev) for i in order])
+        x, cos_sin = x[rows], cos_sin[rows]
         for block in self.encoder.blocks:
-            padded = block(padded, cos_sin, keep)
-        flat = torch.cat([padded[i, :length] for i, length in enumerate(lengths)])
-        flat = self.encoder.final_layernorm(flat)
+            x = block(x, cos_sin, groups)
+        x = self.encoder.final_layernorm(x)
+        back = torch.empty_like(rows)
+        back[rows] = torch.arange(len(rows), device=dev)
+        x = x[back]  # back to the images' order
         kh, kw = self.merge
-        return flat.index_select(0, merge_index(grids, self.merge, dev)).view(
+        return x.index_select(0, merge_index(grids, self.merge, dev)).view(
             -1, kh * kw, self.hidden
         )
 
@@ -214,7 +239,25 @@ class MLA(nn.Module):
         self.kv_b_proj = nn.Linear(self.rank, self.heads * (self.nope + self.vdim), bias=False)
         self.o_proj = nn.Linear(self.heads * self.vdim, h, bias=False)
         self.capture = False
-        self.captured: tuple[torch.Tensor, torch.Tensor] | None = None
+        # training: q, k and the per-head outputs [B, heads, L, v_head_dim] (before o_proj)
+        self.captured: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def _kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """kv_b(norm(latent)) and the shared rope key, latent and rope key = kv_a(x).
+
+        While training, the same function without the 512-wide latent: with W_a the latent
+        rows of kv_a and g the norm's weight, kv_b(g * W_a x / rms(W_a x)) = (W_b diag(g) W_a) x
+        / sqrt(x^T (W_a^T W_a) x / rank + eps), two hidden-wide products per token instead of
+        hidden->rank->heads (the latent is 4x the hidden; a quarter of the step's time)."""
+        if not self.training:
+            latent, k_pe = self.kv_a_proj_with_mqa(x).split([self.rank, self.rope], dim=-1)
+            return self.kv_b_proj(self.kv_a_layernorm(latent)), k_pe
+        w_a, w_pe = self.kv_a_proj_with_mqa.weight.split([self.rank, self.rope], dim=0)
+        norm = self.kv_a_layernorm
+        joint = (self.kv_b_proj.weight * norm.weight[None, :]) @ w_a  # [heads*(nope+v), H]
+        gram = w_a.t() @ w_a  # [H, H]
+        mean_sq = (x @ gram * x).sum(-1, keepdim=True) / self.rank
+        return (x @ joint.t()) * torch.rsqrt(mean_sq + norm.eps), x @ w_pe.t()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, L, H], causal, positions 0..L-1."""
@@ -222,8 +265,7 @@ class MLA(nn.Module):
         pos = torch.arange(length, device=x.device)
         q = self.q_proj(x).view(b, length, self.heads, self.nope + self.rope).transpose(1, 2)
         q_nope, q_pe = q.split([self.nope, self.rope], dim=-1)
-        latent, k_pe = self.kv_a_proj_with_mqa(x).split([self.rank, self.rope], dim=-1)
-        kv = self.kv_b_proj(self.kv_a_layernorm(latent))
+        kv, k_pe = self._kv(x)
         kv = kv.view(b, length, self.heads, self.nope + self.vdim).transpose(1, 2)
         k_nope, v = kv.split([self.nope, self.vdim], dim=-1)
         q_pe = rope_interleaved(q_pe, pos, self.theta)
@@ -232,10 +274,10 @@ class MLA(nn.Module):
         k = torch.cat([k_nope, k_pe], dim=-1)
         # v padded to the q/k width: CPU SDPA then takes its fused kernel (same result).
         width = self.nope + self.rope
-        if self.capture:  # training: the attention-focus loss reads this layer's q and k
-            self.captured = (q, k)
         out = F.scaled_dot_product_attention(q, k, F.pad(v, (0, width - self.vdim)), is_causal=True)
         out = out[..., : self.vdim]
+        if self.capture:  # training: the focus and value losses read q, k and the heads' outputs
+            self.captured = (q, k, out)
         return self.o_proj(out.transpose(1, 2).reshape(b, length, self.heads * self.vdim))
 
 

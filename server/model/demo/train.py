@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from server.model.demo import checkpoint
 from server.model.demo.data import (
+    FOCUS_HEADS,
     Draw,
     TrainBatch,
     canvas,
@@ -121,8 +122,12 @@ class TokenProbe(nn.Module):
     (what FOCUS_LAYER's attention reads): which image or frame of the request the token
     belongs to."""
 
-    def __init__(self, hidden: int) -> None:
+    def __init__(self, hidden: int, head_dim: int) -> None:
         super().__init__()
+        # per focus head: from its output (before o_proj) what it reads (data.focus_values)
+        self.value = nn.ModuleList(
+            nn.Linear(head_dim, sum(VALUE_WIDTHS)) for _ in range(FOCUS_HEADS)
+        )
         self.color = nn.Linear(hidden, len(COLORS) + 1)
         self.shape = nn.Linear(hidden, len(SHAPES))
         self.centre = nn.Linear(hidden, 1)
@@ -165,6 +170,39 @@ class TokenProbe(nn.Module):
         return total + F.cross_entropy(self.order(mid.float()), order, reduction="sum")
 
 
+VALUE_WIDTHS = (2, len(COLORS), len(SHAPES), MAX_MEDIA_INDEX + 1, MAX_SHAPES + 1)
+
+
+def value_loss(probe: TokenProbe, attn: MLA, tb: TrainBatch) -> torch.Tensor:
+    """The value-side twin of the focus loss, summed over the answers and the focus heads:
+    each head's output at the position that predicts the answer, read by a linear probe, must
+    say what the tokens it is taught to look at show (data.focus_values: where the shape is,
+    its colour, shape, image or frame, or how many shapes there are). The answer is then a
+    simple function of the two heads' outputs (motion: the last frame's (x, y) minus the
+    first's) instead of something the layers above have to discover."""
+    assert attn.captured is not None
+    out = attn.captured[2]
+    rows, cols, want = tb.focus_rows, tb.focus_cols, tb.focus_values
+    total = out.new_zeros((), dtype=torch.float32)
+    if rows.numel() == 0:
+        return total
+    for head, read in enumerate(probe.value):
+        xy, color, shape, media, count = read(out[rows, head, cols].float()).split(
+            VALUE_WIDTHS, dim=-1
+        )
+        w = want[:, head]
+        has = ~w[:, 0].isnan()
+        if bool(has.any()):
+            total = total + WHERE_SHAPE * (xy[has] - w[has, :2]).pow(2).sum()
+            total = total + F.cross_entropy(color[has], w[has, 2].long(), reduction="sum")
+            total = total + F.cross_entropy(shape[has], w[has, 3].long(), reduction="sum")
+            index = w[has, 4].long().clamp(max=MAX_MEDIA_INDEX)
+            total = total + F.cross_entropy(media[has], index, reduction="sum")
+        counted = ~w[:, 5].isnan()
+        total = total + _masked_ce(count, w[:, 5].nan_to_num(0).long(), counted)
+    return total
+
+
 def _masked_ce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     if not bool(mask.any()):
         return logits.new_zeros(())
@@ -205,7 +243,7 @@ def attention_loss(
     where `uniform` [K] is set, the cross-entropy of the attention against an even spread
     over them."""
     assert attn.captured is not None
-    q, k = attn.captured
+    q, k, _ = attn.captured
     if rows.numel() == 0:
         return q.new_zeros((), dtype=torch.float32)
     causal = torch.arange(k.shape[2])[None, :] <= cols[:, None]
@@ -251,6 +289,7 @@ def train_step(
     words: dict[int, int] | None = None,
     turn_id: int = -1,
     early_weight: float = 0.0,
+    value_weight: float = 0.0,
 ) -> tuple[float, float, float]:
     """Accumulate gradients over micro-batches; returns (mean loss per target token, mean probe
     loss per image token, mean focus loss per answer)."""
@@ -258,7 +297,7 @@ def train_step(
     for i in (FOCUS_LAYER, ASK_LAYER):
         attn = model.language_model.model.layers[i].self_attn
         assert isinstance(attn, MLA)
-        attn.capture = focus_weight > 0
+        attn.capture = focus_weight > 0 or value_weight > 0
         attns.append(attn)
     answers = sum(len(e.focus) for e in items)
     total = sum(len(e.target_ids) if e.target_mask is None else sum(e.target_mask) for e in items)
@@ -278,6 +317,11 @@ def train_step(
             focus = focus_loss(model, tb) / max(1, answers)
             objective = objective + focus_weight * focus
             focus_sum += float(focus.detach())
+        if value_weight > 0 and probe is not None:
+            looks = model.language_model.model.layers[FOCUS_LAYER].self_attn
+            assert isinstance(looks, MLA)
+            value = value_loss(probe, looks, tb) / max(1, answers)
+            objective = objective + value_weight * value
         if probe is not None and feats is not None and mid is not None:
             if tb.token_labels is not None:
                 aux = probe.loss(feats, mid, tb.token_labels)
@@ -388,6 +432,9 @@ def diagnose(
         tb = collate(encoded, 0, model.media_pad_id, words, builder.ids["<|im_user|>"])
         looks.capture = asks.capture = True
         _, feats, _, _ = forward(model, tb)
+        value_line = ""
+        if task == "motion" and len(tb.focus_rows):
+            value_line = f" value-probe {_motion_from_values(probe, looks, tb):.2f}"
         masses = []
         for attn, rows, cols, masks in (
             (looks, tb.focus_rows, tb.focus_cols, tb.focus),
@@ -399,11 +446,13 @@ def diagnose(
                 )
         looks.capture = asks.capture = False
         looks.captured = asks.captured = None
-        line = f"{task}: mass " + "/".join(f"{m:.2f}" for m in masses)
+        line = f"{task}: mass " + "/".join(f"{m:.2f}" for m in masses) + value_line
         if task == "position" and feats is not None and tb.token_labels is not None:
             side = tb.token_labels[:, 6].long()
             pred = probe.side(feats.float()).argmax(-1) + 1
             line += f" side-probe {float((pred == side)[side > 0].float().mean()):.2f}"
+        if task == "count" and feats is not None and tb.token_labels is not None:
+            line += f" count-probe {_count_from_probe(probe, feats, encoded):.2f}"
         if task == "motion" and feats is not None:
             line += f" where-probe {_motion_from_where(probe, feats, encoded, group):.2f}"
         parts.append(line)
@@ -438,6 +487,34 @@ def _motion_from_where(
     return right / max(1, len(samples))
 
 
+def _count_from_probe(probe: TokenProbe, feats: torch.Tensor, encoded: list[Encoded]) -> float:
+    """How often the count probe, its log-probabilities summed over a picture's tokens, says
+    how many shapes the picture has."""
+    logp = probe.count(feats.float()).log_softmax(-1)
+    right = start = 0
+    for e in encoded:
+        assert e.labels is not None
+        n = len(e.labels)
+        right += int(logp[start : start + n].sum(0).argmax()) == int(e.labels[0, 5])
+        start += n
+    return right / max(1, len(encoded))
+
+
+def _motion_from_values(probe: TokenProbe, attn: MLA, tb: TrainBatch) -> float:
+    """How often the value probe's (x, y) of focus head 0 (last frame) minus head 1's (first)
+    points the way the focus targets' own positions do."""
+    assert attn.captured is not None
+    out = attn.captured[2][tb.focus_rows, :, tb.focus_cols].float()  # [K, heads, D]
+    xy = [probe.value[h](out[:, h])[:, :2] for h in range(FOCUS_HEADS)]
+    got, want = xy[0] - xy[1], tb.focus_values[:, 0, :2] - tb.focus_values[:, 1, :2]
+    axis = want.abs().argmax(-1)
+    rows = torch.arange(len(axis))
+    same = (got[rows, axis].sign() == want[rows, axis].sign()) & (
+        got[rows, axis].abs() > got[rows, 1 - axis].abs()
+    )
+    return float(same.float().mean())
+
+
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -461,7 +538,8 @@ def train(args: argparse.Namespace) -> dict:
         builder = load_builder(Path(tmp))
     model = KimiVL(checkpoint.demo_config(tok))
     model.train()
-    probe = TokenProbe(model.language_model.model.embed_tokens.embedding_dim)
+    tc = checkpoint.demo_config(tok)["text_config"]
+    probe = TokenProbe(tc["hidden_size"], tc["v_head_dim"])
     params = list(model.named_parameters()) + [
         ("probe." + n, p) for n, p in probe.named_parameters()
     ]
@@ -503,6 +581,7 @@ def train(args: argparse.Namespace) -> dict:
             words=words,
             turn_id=builder.ids["<|im_user|>"],
             early_weight=args.early_weight,
+            value_weight=args.value_weight,
         )
         torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
         opt.step()
@@ -580,6 +659,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=0.5,
         help="weight of the answers read from layer FOCUS_LAYER's output (0: none)",
+    )
+    ap.add_argument(
+        "--value-weight",
+        type=float,
+        default=0.1,
+        help="weight of the focus heads' value probe (what they read; 0: none)",
     )
     ap.add_argument(
         "--vision-pretrain",

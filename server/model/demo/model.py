@@ -190,9 +190,7 @@ class MoonViT(nn.Module):
         back[rows] = torch.arange(len(rows), device=dev)
         x = x[back]  # back to the images' order
         kh, kw = self.merge
-        return x.index_select(0, merge_index(grids, self.merge, dev)).view(
-            -1, kh * kw, self.hidden
-        )
+        return x.index_select(0, merge_index(grids, self.merge, dev)).view(-1, kh * kw, self.hidden)
 
 
 class Projector(nn.Module):

@@ -238,6 +238,12 @@ def test_ask_heads_read_the_named_colour_and_shape_of_the_current_question(
         _decoded(builder, ids, tb.ask[1, 0]) == ["circle"] == _decoded(builder, ids, tb.ask[1, 1])
     )
     assert int(tb.ask_cols[0]) == int(tb.focus_cols[0])  # the position that predicts the answer
+    # each focused answer's first token, as predicted at its focus position
+    # (the follow-up's circle is not in the picture: that answer has no focus)
+    assert [builder.tok.decode([int(t)]) for t in tb.focus_targets] == [sample.answer]
+    assert tb.targets[(tb.rows == 0) & (tb.cols == tb.focus_cols[0])].tolist() == [
+        int(tb.focus_targets[0])
+    ]
 
 
 def test_count_focus_spreads_over_shape_centres_and_one_token_before_the_picture(

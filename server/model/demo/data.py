@@ -300,6 +300,7 @@ class TrainBatch:
     focus_uniform: torch.Tensor  # [K] bool: the head should spread evenly over them (count)
     # [K, FOCUS_HEADS, len(VALUE_FIELDS)] what each focus head reads there (NaN: not asked)
     focus_values: torch.Tensor
+    focus_targets: torch.Tensor  # [K] the token each focused answer starts with
     ask_rows: torch.Tensor  # [Q] per answer whose question names a colour or a shape: batch row
     ask_cols: torch.Tensor  # [Q] ... and the position that predicts its first token
     ask: torch.Tensor  # [Q, ASK_HEADS, L] bool: the question's colour word, its shape word
@@ -384,6 +385,7 @@ def collate(
     f_masks: list[torch.Tensor] = []
     f_uniform: list[bool] = []
     f_values: list[np.ndarray] = []
+    f_targets: list[int] = []
     for i, (e, s) in enumerate(zip(items, seqs, strict=True)):
         if not e.focus:  # not a training encoding
             continue
@@ -399,6 +401,7 @@ def collate(
             f_uniform.append(sink)
             assert e.labels is not None
             f_values.append(focus_values(e.labels, mask, sink))
+            f_targets.append(e.target_ids[start])
             f_rows.append(i)
             f_cols.append(len(e.prompt_ids) - 1 + start)
             f_masks.append(row)
@@ -434,6 +437,7 @@ def collate(
         torch.from_numpy(np.stack(f_values)).float()
         if f_values
         else torch.zeros((0, FOCUS_HEADS, len(VALUE_FIELDS))),
+        torch.tensor(f_targets, dtype=torch.long),
         torch.tensor(a_rows, dtype=torch.long),
         torch.tensor(a_cols, dtype=torch.long),
         torch.stack(a_masks) if a_masks else torch.zeros((0, ASK_HEADS, longest), dtype=torch.bool),

@@ -3,6 +3,8 @@ right about the pictures they describe."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -282,3 +284,45 @@ def test_position_table_starts_with_x_and_y_waves_that_survive_any_resize() -> N
         assert (x.diff() > 0).all() and (y.diff() > 0).all()
         assert torch.allclose(flat[:, 0, 0], flat[0, 0, 0].expand(grid[0]), atol=1e-5)
     assert table[..., 4 * len(POSITION_FREQUENCIES) :].abs().max() < 0.2
+
+
+def test_count_focus_loss_is_least_when_the_sink_holds_its_weighted_share() -> None:
+    """Per head, the count's attention target gives the sink COUNT_SINK_WEIGHTS[head] times a
+    centre token's share: the loss is smallest exactly there."""
+    from server.model.demo.data import COUNT_SINK_WEIGHTS
+    from server.model.demo.train import attention_loss
+
+    class Captured:
+        captured: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+    length, dim, centres, sink = 6, 8, [1, 3, 4], 0
+    mask = torch.zeros(1, FOCUS_HEADS, length, dtype=torch.bool)
+    mask[0, :, [sink, *centres]] = True
+
+    def loss(shift: float) -> float:
+        q = torch.zeros(1, FOCUS_HEADS, length, dim)
+        k = torch.full((1, FOCUS_HEADS, length, dim), 0.0)
+        q[0, :, -1, 0] = dim**0.5  # logits = k[..., 0]
+        k[0, :, :, 0] = -30.0
+        for head, w in enumerate(COUNT_SINK_WEIGHTS):
+            k[0, head, centres, 0] = -math.log(w + len(centres))
+            k[0, head, sink, 0] = math.log(w / (w + len(centres))) + shift
+        attn = Captured()
+        attn.captured = (q, k, q)
+        return float(
+            attention_loss(
+                attn,  # type: ignore[arg-type]
+                torch.tensor([0]),
+                torch.tensor([length - 1]),
+                mask,
+                torch.tensor([True]),
+                torch.tensor([sink]),
+            )
+        )
+
+    best = loss(0.0)
+    assert best < loss(0.3) and best < loss(-0.3)
+    entropy = sum(
+        -sum(p * math.log(p) for p in [w / (w + 3)] + [1 / (w + 3)] * 3) for w in COUNT_SINK_WEIGHTS
+    )
+    assert best == pytest.approx(entropy, abs=1e-4)

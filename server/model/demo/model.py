@@ -237,7 +237,7 @@ class MLA(nn.Module):
         self.kv_b_proj = nn.Linear(self.rank, self.heads * (self.nope + self.vdim), bias=False)
         self.o_proj = nn.Linear(self.heads * self.vdim, h, bias=False)
         self.capture = False
-        # training: q, k and the per-head outputs [B, heads, L, v_head_dim] (before o_proj)
+        # training: q, k and v [B, heads, L, head width] of the last forward
         self.captured: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def _kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -274,8 +274,8 @@ class MLA(nn.Module):
         width = self.nope + self.rope
         out = F.scaled_dot_product_attention(q, k, F.pad(v, (0, width - self.vdim)), is_causal=True)
         out = out[..., : self.vdim]
-        if self.capture:  # training: the focus and value losses read q, k and the heads' outputs
-            self.captured = (q, k, out)
+        if self.capture:  # training: the focus, value and shortcut losses read q, k and v
+            self.captured = (q, k, v)
         return self.o_proj(out.transpose(1, 2).reshape(b, length, self.heads * self.vdim))
 
 

@@ -209,13 +209,25 @@ def focus_reads(attn: MLA, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tens
     motion heads' attention on the first and last frames' shape stayed at 0.43-0.67 from step
     500 on (0.93-0.99 in the recipe before the shortcut)."""
     assert attn.captured is not None
-    q, k, v = attn.captured
-    causal = torch.arange(k.shape[2])[None, :] <= cols[:, None]  # [K, L]
-    qs = q[rows, :FOCUS_HEADS, cols].detach().float()  # [K, heads, D]
-    ks = k[rows, :FOCUS_HEADS].detach().float()  # [K, heads, L, D]
+    v = attn.captured[2][rows, :FOCUS_HEADS].float()  # [K, heads, L, D]
+    weights = attention_logp(attn, rows, cols, FOCUS_HEADS, detach=True).exp()
+    return torch.einsum("khl,khld->khd", weights, v)
+
+
+def attention_logp(
+    attn: MLA, rows: torch.Tensor, cols: torch.Tensor, heads: int, *, detach: bool = False
+) -> torch.Tensor:
+    """[K, heads, L] log attention weights of the first `heads` heads of `attn` (its captured
+    q and k) at the K positions (rows, cols), causal."""
+    assert attn.captured is not None
+    q, k, _ = attn.captured
+    qs = q[rows, :heads, cols].float()  # [K, heads, D]
+    ks = k[rows, :heads].float()  # [K, heads, L, D]
+    if detach:
+        qs, ks = qs.detach(), ks.detach()
     logits = torch.einsum("khd,khld->khl", qs, ks) * qs.shape[-1] ** -0.5
-    weights = logits.masked_fill(~causal[:, None], float("-inf")).softmax(-1)
-    return torch.einsum("khl,khld->khd", weights, v[rows, :FOCUS_HEADS].float())
+    causal = torch.arange(k.shape[2])[None, :] <= cols[:, None]  # [K, L]
+    return torch.log_softmax(logits.masked_fill(~causal[:, None], float("-inf")), dim=-1)
 
 
 def shortcut_loss(model: KimiVL, tb: TrainBatch) -> torch.Tensor:
@@ -279,17 +291,12 @@ def attention_loss(
     positions (rows, cols): -log(attention weight on the masked positions) [K, heads, L], or
     where `uniform` [K] is set, the cross-entropy of the attention against an even spread
     over them, in which position `sink` [K] counts COUNT_SINK_WEIGHTS[head] times."""
-    assert attn.captured is not None
-    q, k, _ = attn.captured
+    total = torch.zeros(())
     if rows.numel() == 0:
-        return q.new_zeros((), dtype=torch.float32)
-    causal = torch.arange(k.shape[2])[None, :] <= cols[:, None]
-    total = q.new_zeros((), dtype=torch.float32)
+        return total
+    every = attention_logp(attn, rows, cols, masks.shape[1])
     for head in range(masks.shape[1]):
-        qs = q[rows, head, cols].float()  # [K, D]
-        ks = k[rows, head].float()  # [K, L, D]
-        logits = torch.einsum("kd,kld->kl", qs, ks) * qs.shape[-1] ** -0.5
-        logp = torch.log_softmax(logits.masked_fill(~causal, float("-inf")), dim=-1)
+        logp = every[:, head]
         mask = masks[:, head]
         on = torch.logsumexp(logp.masked_fill(~mask, float("-inf")), dim=-1)
         if uniform is not None:

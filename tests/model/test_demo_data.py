@@ -37,7 +37,6 @@ from server.model.demo.tasks import (
     QUESTIONS,
     SHAPES,
     TASKS,
-    Sample,
     heldout_seed,
     make_sample,
 )
@@ -258,18 +257,30 @@ def test_count_focus_spreads_over_shape_centres_and_one_token_before_the_picture
     assert tb.focus_values[0, :, -1].tolist() == [int(sample.answer)] * FOCUS_HEADS
     ids = tb.batch.input_ids[0]
     on = tb.focus[0, 0].nonzero()[:, 0]
-    assert len(on) == 1 + int(sample.answer) - _shared_centres(sample)
+    centres = token_labels(sample, CFG)[:, 1]
+    assert len(on) == 1 + int((centres > 0).sum())
     assert int(ids[on[0]]) == builder.ids["<|media_content|>"]
     assert (ids[on[1:]] == builder.ids["<|media_pad|>"]).all()
+    # the spread counts shapes, not tokens: the sink's one share plus one per shape
+    assert float(tb.focus_share[0].sum()) == 1 + int(sample.answer)
+    assert (tb.focus_share[0] > 0).tolist() == tb.focus[0, 0].tolist()
     color = make_sample("color", heldout_seed(5))
     [e] = encode_draws(builder, [Draw(color, thinking=False, text_first=False)])
     assert collate([e], 0, builder.ids["<|media_pad|>"]).focus_uniform.tolist() == [False]
 
 
-def _shared_centres(sample: Sample) -> int:
-    """Shapes whose centres fall in a token that already holds another shape's centre."""
-    labels = token_labels(sample, CFG)
-    return len(sample.scenes[0]) - int(labels[:, 1].sum())
+def test_a_token_holding_two_shapes_centres_counts_twice() -> None:
+    """Two shapes whose centres fall in one merged token: that token is one centre token worth
+    two shapes in the count's spread, so the spread still says how many shapes there are."""
+    for i in range(400):
+        sample = make_sample("count", heldout_seed(i))
+        labels = token_labels(sample, CFG)
+        if (labels[:, 1] > 1).any():
+            break
+    else:
+        pytest.fail("no count picture with two centres in one token")
+    assert labels[:, 1].sum() == len(sample.scenes[0])
+    assert (labels[:, 1] > 0).sum() < len(sample.scenes[0])
 
 
 def test_position_table_starts_with_x_and_y_waves_that_survive_any_resize() -> None:
@@ -286,9 +297,13 @@ def test_position_table_starts_with_x_and_y_waves_that_survive_any_resize() -> N
     assert table[..., 4 * len(POSITION_FREQUENCIES) :].abs().max() < 0.2
 
 
-def test_count_focus_loss_is_least_when_the_sink_holds_its_weighted_share() -> None:
+@pytest.mark.parametrize("shares", [(1, 1, 1), (1, 2, 1)])
+def test_count_focus_loss_is_least_when_the_sink_holds_its_weighted_share(
+    shares: tuple[int, ...],
+) -> None:
     """Per head, the count's attention target gives the sink COUNT_SINK_WEIGHTS[head] times a
-    centre token's share: the loss is smallest exactly there."""
+    centre token's share, and a token holding two shapes' centres twice the share: the loss is
+    smallest exactly there."""
     from server.model.demo.data import COUNT_SINK_WEIGHTS
     from server.model.demo.train import attention_loss
 
@@ -296,8 +311,12 @@ def test_count_focus_loss_is_least_when_the_sink_holds_its_weighted_share() -> N
         captured: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
     length, dim, centres, sink = 6, 8, [1, 3, 4], 0
+    shapes = sum(shares)
     mask = torch.zeros(1, FOCUS_HEADS, length, dtype=torch.bool)
     mask[0, :, [sink, *centres]] = True
+    share = torch.zeros(1, length)
+    share[0, sink] = 1.0
+    share[0, centres] = torch.tensor(shares, dtype=torch.float)
 
     def loss(shift: float) -> float:
         q = torch.zeros(1, FOCUS_HEADS, length, dim)
@@ -305,8 +324,9 @@ def test_count_focus_loss_is_least_when_the_sink_holds_its_weighted_share() -> N
         q[0, :, -1, 0] = dim**0.5  # logits = k[..., 0]
         k[0, :, :, 0] = -30.0
         for head, w in enumerate(COUNT_SINK_WEIGHTS):
-            k[0, head, centres, 0] = -math.log(w + len(centres))
-            k[0, head, sink, 0] = math.log(w / (w + len(centres))) + shift
+            for c, n in zip(centres, shares, strict=True):
+                k[0, head, c, 0] = math.log(n / (w + shapes))
+            k[0, head, sink, 0] = math.log(w / (w + shapes)) + shift
         attn = Captured()
         attn.captured = (q, k, q)
         return float(
@@ -317,12 +337,14 @@ def test_count_focus_loss_is_least_when_the_sink_holds_its_weighted_share() -> N
                 mask,
                 torch.tensor([True]),
                 torch.tensor([sink]),
+                share,
             )
         )
 
     best = loss(0.0)
     assert best < loss(0.3) and best < loss(-0.3)
     entropy = sum(
-        -sum(p * math.log(p) for p in [w / (w + 3)] + [1 / (w + 3)] * 3) for w in COUNT_SINK_WEIGHTS
+        -sum(p * math.log(p) for p in [w / (w + shapes)] + [n / (w + shapes) for n in shares])
+        for w in COUNT_SINK_WEIGHTS
     )
     assert best == pytest.approx(entropy, abs=1e-4)

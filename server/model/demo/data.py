@@ -209,7 +209,7 @@ def token_labels(sample: Sample, cfg: ImageProcessorConfig) -> np.ndarray:
             fy = np.where(take, (s.y + s.size / 2) / image.height, fy)
             r = min(rows - 1, int((s.y + s.size / 2) * sy // cell_h))
             c = min(cols - 1, int((s.x + s.size / 2) * sx // cell_w))
-            centre[r, c] = 1
+            centre[r, c] += 1  # two shapes' centres in one token: it counts twice
         idx = np.full((rows, cols), float(index))
         count = np.full((rows, cols), float(len(scene)))
         columns = (cls, centre, fx, fy, idx, count, side)
@@ -305,6 +305,9 @@ class TrainBatch:
     focus: torch.Tensor  # [K, FOCUS_HEADS, L] bool: per head, the image tokens it is about
     focus_uniform: torch.Tensor  # [K] bool: the head should spread evenly over them (count)
     focus_sink: torch.Tensor  # [K] the count's sink position (COUNT_SINK_WEIGHTS), else -1
+    # [K, L] the count's even spread, in centre tokens' worth per position: how many shapes'
+    # centres each image token holds, 1 at the sink (before COUNT_SINK_WEIGHTS); else zeros
+    focus_share: torch.Tensor
     # [K, FOCUS_HEADS, len(VALUE_FIELDS)] what each focus head reads there (NaN: not asked)
     focus_values: torch.Tensor
     focus_targets: torch.Tensor  # [K] the token each focused answer starts with
@@ -392,6 +395,7 @@ def collate(
     f_masks: list[torch.Tensor] = []
     f_uniform: list[bool] = []
     f_sink: list[int] = []
+    f_share: list[torch.Tensor] = []
     f_values: list[np.ndarray] = []
     f_targets: list[int] = []
     for i, (e, s) in enumerate(zip(items, seqs, strict=True)):
@@ -404,8 +408,13 @@ def collate(
             row = torch.zeros(FOCUS_HEADS, longest, dtype=torch.bool)
             for head in range(FOCUS_HEADS):
                 row[head, where[torch.from_numpy(mask[head])]] = True
+            share = torch.zeros(longest)
             if sink:
                 row[:, where[0] - 1] = True
+                assert e.labels is not None
+                share[where] = torch.from_numpy(e.labels[:, 1]).float()
+                share[where[0] - 1] = 1.0
+            f_share.append(share)
             f_uniform.append(sink)
             f_sink.append(int(where[0]) - 1 if sink else -1)
             assert e.labels is not None
@@ -444,6 +453,7 @@ def collate(
         else torch.zeros((0, FOCUS_HEADS, longest), dtype=torch.bool),
         torch.tensor(f_uniform, dtype=torch.bool),
         torch.tensor(f_sink, dtype=torch.long),
+        torch.stack(f_share) if f_share else torch.zeros((0, longest)),
         torch.from_numpy(np.stack(f_values)).float()
         if f_values
         else torch.zeros((0, FOCUS_HEADS, len(VALUE_FIELDS))),

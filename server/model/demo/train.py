@@ -154,6 +154,13 @@ class TokenProbe(nn.Module):
         # Shapes' positions weigh more: background tokens (most of them) only say where they are.
         return (where * torch.where(labels[:, 0] > 0, WHERE_SHAPE, WHERE_BACKGROUND)).sum()
 
+    def centre_loss(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Summed binary cross-entropy of whether a shape's centre is in each token: the
+        tokens the count's focus head looks at, one per shape."""
+        return F.binary_cross_entropy_with_logits(
+            self.centre(feats.float())[:, 0], labels[:, 1].clamp(max=1), reduction="sum"
+        )
+
     def loss(
         self, feats: torch.Tensor, mid: torch.Tensor | None, labels: torch.Tensor
     ) -> torch.Tensor:
@@ -161,9 +168,7 @@ class TokenProbe(nn.Module):
         total = self.what_loss(f, labels) + self.where_loss(f, labels)
         side = labels[:, 6].long()  # only on the two shapes of a position picture
         total = total + _masked_ce(self.side(f), side - 1, side > 0)
-        total = total + F.binary_cross_entropy_with_logits(
-            self.centre(f)[:, 0], labels[:, 1], reduction="sum"
-        )
+        total = total + self.centre_loss(f, labels)
         total = total + F.cross_entropy(self.count(f), labels[:, 5].long(), reduction="sum")
         if mid is None:
             return total
@@ -286,11 +291,13 @@ def attention_loss(
     masks: torch.Tensor,
     uniform: torch.Tensor | None = None,
     sink: torch.Tensor | None = None,
+    share: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Summed over the first masks.shape[1] heads of `attn` (its captured q and k) at the K
     positions (rows, cols): -log(attention weight on the masked positions) [K, heads, L], or
     where `uniform` [K] is set, the cross-entropy of the attention against an even spread
-    over them, in which position `sink` [K] counts COUNT_SINK_WEIGHTS[head] times."""
+    over them (or in proportion to `share` [K, L], a token holding two shapes' centres
+    counting twice), in which position `sink` [K] counts COUNT_SINK_WEIGHTS[head] times."""
     total = torch.zeros(())
     if rows.numel() == 0:
         return total
@@ -300,7 +307,7 @@ def attention_loss(
         mask = masks[:, head]
         on = torch.logsumexp(logp.masked_fill(~mask, float("-inf")), dim=-1)
         if uniform is not None:
-            spread = mask.float()
+            spread = mask.float() if share is None else share * mask
             if sink is not None:
                 at = sink.clamp(min=0)[:, None]
                 spread = spread.scatter(1, at, spread.gather(1, at) * COUNT_SINK_WEIGHTS[head])
@@ -323,7 +330,13 @@ def focus_loss(model: KimiVL, tb: TrainBatch) -> torch.Tensor:
     asks = layers[ASK_LAYER].self_attn
     assert isinstance(looks, MLA) and isinstance(asks, MLA)
     return attention_loss(
-        looks, tb.focus_rows, tb.focus_cols, tb.focus, tb.focus_uniform, tb.focus_sink
+        looks,
+        tb.focus_rows,
+        tb.focus_cols,
+        tb.focus,
+        tb.focus_uniform,
+        tb.focus_sink,
+        tb.focus_share,
     ) + attention_loss(asks, tb.ask_rows, tb.ask_cols, tb.ask)
 
 
@@ -420,9 +433,8 @@ def pretrain_vision(
     model: KimiVL, probe: TokenProbe, builder: PromptBuilder, args: argparse.Namespace
 ) -> None:
     """Stage 1: the vision tower and projector learn what each token shows (colour, shape, where
-    its shape is) on
-    `--pretrain-batch` small canvases per step (data.canvas), with their own AdamW and
-    schedule. A ViT has no convolution inside its 14-px patches, so it learns shapes only
+    its shape is, whether a shape's centre is in it) on `--pretrain-batch` small canvases per
+    step (data.canvas), with their own AdamW and schedule. A ViT has no convolution inside its 14-px patches, so it learns shapes only
     from many examples at every offset and scale: on the task pictures (mostly background,
     one or two steps a second) its shape probe stayed at chance for hundreds of steps; small
     canvases give it tens of shapes per step at a tenth of the cost."""
@@ -432,6 +444,7 @@ def pretrain_vision(
         *probe.color.parameters(),
         *probe.shape.parameters(),
         *probe.where.parameters(),
+        *probe.centre.parameters(),
     ]
     opt = torch.optim.AdamW(params, lr=args.pretrain_lr, betas=(0.9, 0.98), weight_decay=0.01)
     bar = tqdm(range(args.vision_pretrain), desc="vision", file=sys.stdout, dynamic_ncols=True)
@@ -450,7 +463,8 @@ def pretrain_vision(
         pixels = batch["pixel_values"]
         grids = [(int(h), int(w)) for h, w in batch["image_grid_hws"]]
         feats = model.multi_modal_projector(model.vision_tower(pixels, grids))
-        loss = (probe.what_loss(feats, labels) + probe.where_loss(feats, labels)) / len(labels)
+        loss = probe.what_loss(feats, labels) + probe.where_loss(feats, labels)
+        loss = (loss + probe.centre_loss(feats, labels)) / len(labels)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -700,7 +714,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--tokens-per-micro-batch", type=int, default=3072)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=200)
-    ap.add_argument("--eval-every", type=int, default=250, help="0 = no progress evaluation")
+    ap.add_argument("--eval-every", type=int, default=500, help="0 = no progress evaluation")
     ap.add_argument("--eval-n", type=int, default=10, help="progress evaluation: samples per task")
     ap.add_argument("--final-n", type=int, default=100, help="final evaluation: samples per task")
     ap.add_argument(

@@ -39,7 +39,9 @@ def _configs_dir() -> Path:
 
 CONFIGS_DIR = _configs_dir()
 TINY_MODEL_NAME = "kimi-vl-tiny"
-TINY_PRESET = "tiny"  # applies when neither a model nor a preset is given
+TINY_PRESET = "tiny"  # no model: the tiny random checkpoint, written on first use
+DEMO_MODEL_NAME = "kimi-vl-demo"
+DEMO_PRESET = "demo"  # applies when neither a model nor a preset is given: the demo checkpoint
 # Pillow refuses images above 2 * Image.MAX_IMAGE_PIXELS before we can apply our own cap, so a
 # larger setting could never take effect; keep the limit honest instead of silently ignoring it.
 PILLOW_HARD_PIXEL_LIMIT = 2 * 89_478_485
@@ -115,7 +117,8 @@ class _PresetSource(PydanticBaseSettingsSource):
 
     It runs after the CLI (init kwargs) and environment sources, so `current_state` already holds
     the preset name chosen by either of them. With neither a model nor a preset, the server
-    serves the tiny checkpoint, so the `tiny` preset applies (CPU-friendly engine settings).
+    serves the trained demo checkpoint shipped in the package: the `demo` preset applies
+    (CPU-friendly engine settings) and becomes the `preset` setting.
     """
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
@@ -124,7 +127,7 @@ class _PresetSource(PydanticBaseSettingsSource):
     def __call__(self) -> dict[str, Any]:
         preset = self.current_state.get("preset")
         if not preset and self.current_state.get("model") is None:
-            preset = TINY_PRESET
+            return {**load_preset(DEMO_PRESET), "preset": DEMO_PRESET}
         return load_preset(str(preset)) if preset else {}
 
 
@@ -446,9 +449,12 @@ class Settings(BaseSettings):
         return value
 
     @property
-    def uses_tiny_checkpoint(self) -> bool:
-        """No model given: the server serves the tiny checkpoint from `tiny_checkpoint_dir`."""
-        return self.model is None
+    def builtin_checkpoint(self) -> Literal["tiny", "demo"] | None:
+        """No model given: with the `tiny` preset the tiny random checkpoint (written to
+        `tiny_checkpoint_dir` on first use), otherwise the trained demo checkpoint."""
+        if self.model is not None:
+            return None
+        return "tiny" if self.preset == TINY_PRESET else "demo"
 
     @property
     def model_name(self) -> str:
@@ -458,7 +464,8 @@ class Settings(BaseSettings):
     @property
     def model_names(self) -> list[str]:
         """Every name clients may send in `model`; `/v1/models` lists them all."""
-        return self.served_model_name or [self.model or TINY_MODEL_NAME]
+        builtin = TINY_MODEL_NAME if self.builtin_checkpoint == "tiny" else DEMO_MODEL_NAME
+        return self.served_model_name or [self.model or builtin]
 
 
 def flag_spellings(field_name: str) -> tuple[str, ...]:

@@ -38,8 +38,8 @@ def write_preset(tmp_path: Path, text: str) -> str:
 
 def test_defaults() -> None:
     settings = load_settings()
-    assert settings.model is None and settings.uses_tiny_checkpoint
-    assert settings.model_name == "kimi-vl-tiny"
+    assert settings.model is None and settings.builtin_checkpoint == "demo"
+    assert settings.model_name == "kimi-vl-demo"
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)
     assert settings.limit_images_per_request == 64
     assert (settings.limit_videos_per_request, settings.video_fps, settings.max_video_fps) == (
@@ -51,10 +51,13 @@ def test_defaults() -> None:
     assert settings.max_video_seconds == 3600
     assert settings.open_health_and_metrics is True
     assert settings.api_keys == []
-    # No model and no preset: the tiny checkpoint with the tiny preset's engine settings.
-    assert settings.preset is None and settings.dtype == "float32" and settings.enforce_eager
-    assert settings.enable_reasoning is False
+    # No model and no preset: the demo checkpoint with the demo preset's engine settings.
+    assert settings.preset == "demo" and settings.dtype == "float32" and settings.enforce_eager
+    assert settings.enable_reasoning is True
     assert load_settings({"model": "some/model"}).dtype == "auto"
+    tiny_preset = load_settings({"preset": "tiny"})
+    assert tiny_preset.builtin_checkpoint == "tiny" and tiny_preset.model_name == "kimi-vl-tiny"
+    assert load_settings({"model": "some/model"}).builtin_checkpoint is None
     tiny = settings.tiny_checkpoint_dir
     assert tiny.parent == Path(os.environ["HOME"]) / ".cache" / "kimi-vl-server"
     assert tiny.name.startswith("tiny-")

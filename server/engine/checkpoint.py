@@ -1,7 +1,8 @@
-"""Which weights to serve: `settings.model`, or the tiny checkpoint written on first use.
+"""Which weights to serve: `settings.model`, the demo checkpoint shipped in the package (the
+default), or the tiny random checkpoint written on first use (`--preset tiny`, for tests).
 
-The tiny checkpoint lets `kimi-vl-serve` with no arguments work at once on a laptop. Two
-servers starting together must not both write it or read a half-written one: the writer holds
+Two servers starting together must not both write the tiny checkpoint or read a half-written
+one: the writer holds
 an exclusive lock on `<dir>.lock`, writes into a temporary sibling folder and renames it into
 place, so the folder either does not exist or is complete.
 """
@@ -15,6 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from server.model.demo import CHECKPOINT_DIR as DEMO_CHECKPOINT_DIR
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -27,7 +29,9 @@ def resolve_model(settings: Settings) -> str:
     """The HF id or local folder vLLM loads. Blocking (may write the tiny checkpoint)."""
     if settings.model is not None:
         return settings.model
-    return str(ensure_tiny_checkpoint(settings.tiny_checkpoint_dir))
+    if settings.builtin_checkpoint == "tiny":
+        return str(ensure_tiny_checkpoint(settings.tiny_checkpoint_dir))
+    return str(DEMO_CHECKPOINT_DIR)
 
 
 def ensure_tiny_checkpoint(folder: Path, *, seed: int = 0) -> Path:

@@ -233,7 +233,7 @@ class VLLMEngine:
         self._ready = False
         self._failed = False
         self._info = ModelInfo(
-            root=settings.model or str(settings.tiny_checkpoint_dir),
+            root=settings.model or settings.model_name,  # the real folder once started
             max_model_len=settings.max_model_len or 0,
             reasoning=wants_reasoning(settings, settings.model or ""),
         )

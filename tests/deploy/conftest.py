@@ -94,7 +94,8 @@ def cli_flags() -> set[str]:
 
 @pytest.fixture(scope="session")
 def tiny_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`python -m server --port N` on the tiny checkpoint; yields its base URL once /ready is 200.
+    """`python -m server --port N`: the default command (the demo checkpoint); yields its base URL
+    once /ready is 200.
 
     Fails (never skips) when the server cannot start: the deploy files describe this server.
     """

@@ -1,7 +1,10 @@
-"""A wheel (non-editable install) carries the presets, and Settings finds them there."""
+"""A wheel (non-editable install) carries the presets, and Settings finds them there, and the
+demo checkpoint the server serves by default."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 import sys
 import sysconfig
@@ -33,6 +36,17 @@ def test_wheel_carries_the_presets(wheel: Path) -> None:
         n.rsplit("/", 1)[1] for n in names if "/data/share/kimi-vl-server/configs/" in n
     )
     assert PRESETS and shipped == PRESETS
+
+
+def test_wheel_carries_the_demo_checkpoint(wheel: Path) -> None:
+    """Every file of the shipped demo checkpoint, byte for byte as its manifest records them."""
+    prefix = "server/model/demo/weights/"
+    with zipfile.ZipFile(wheel) as z:
+        shipped = {n[len(prefix) :]: z.read(n) for n in z.namelist() if n.startswith(prefix)}
+    manifest = json.loads(shipped.pop("manifest.json"))
+    assert manifest["files"] and sorted(shipped) == sorted(manifest["files"])
+    for name, digest in manifest["files"].items():
+        assert hashlib.sha256(shipped[name]).hexdigest() == digest, name
 
 
 def test_installed_wheel_loads_a_preset(wheel: Path, tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
-"""End-to-end fixtures: the real server (`python -m server`, real vLLM engine, tiny checkpoint
-written on first use) started once per session, and a real local HTTP media server."""
+"""End-to-end fixtures: the real server (`python -m server --preset tiny`: real vLLM engine, the
+tiny random checkpoint written on first use) started once per session, and a real local HTTP
+media server."""
 
 from __future__ import annotations
 
@@ -174,13 +175,15 @@ class RunningServer:
 
 @contextlib.contextmanager
 def running_server(work: Path, *extra_args: str) -> Iterator[RunningServer]:
-    """Start `python -m server` (no --model, no preset: the tiny checkpoint, written on first
-    use into `work`), wait for /ready, and stop it (with its engine processes) afterwards."""
+    """Start `python -m server --preset tiny` (the tiny checkpoint, written on first use into
+    `work`), wait for /ready, and stop it (with its engine processes) afterwards. Extra args come
+    after, so a test may replace the preset or name a model."""
     tiny_dir = work / "tiny-checkpoint"
     log_path = work / "server.log"
     port = _free_port()
     argv = [
         sys.executable, "-m", "server",
+        "--preset", "tiny",
         "--port", str(port),
         "--tiny-checkpoint-dir", str(tiny_dir),
         "--state-dir", str(work / "state"),

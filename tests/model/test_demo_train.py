@@ -61,6 +61,9 @@ def test_export_is_a_complete_checkpoint_with_a_manifest(smoke: tuple[Path, dict
         assert name in names
     assert manifest["steps"] == 14 and manifest["seed"] == 0
     assert manifest["command"].startswith("python -m server.model.demo.train ")
+    # the recipe's commit (this checkout's, marked when server/model/demo has local changes)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
+    assert manifest["commit"].split("+")[0] == head.stdout.strip()
     assert set(manifest["heldout"]["tasks"]) == set(info["heldout"]["tasks"])
 
 

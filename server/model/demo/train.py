@@ -28,6 +28,7 @@ import hashlib
 import json
 import math
 import shlex
+import subprocess
 import sys
 import tempfile
 import time
@@ -589,6 +590,23 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def recipe_commit() -> str | None:
+    """The git commit of this checkout (suffixed `+changes` when server/model/demo differs from
+    it), or None outside a git checkout: what a retraining needs to reproduce the weights."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--", ".", ":(exclude)weights"],
+            cwd=here, capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+changes" if changed else "")
+
+
 def write_manifest(out: Path, info: dict) -> None:
     files = {p.name: sha256(p) for p in sorted(out.iterdir()) if p.name != "manifest.json"}
     manifest = {**info, "files": files}
@@ -685,6 +703,7 @@ def train(args: argparse.Namespace) -> dict:
     info = {
         "model": checkpoint.SERVED_MODEL_NAME,
         "command": "python -m server.model.demo.train " + shlex.join(args.argv),
+        "commit": recipe_commit(),
         "seed": args.seed,
         "steps": args.steps,
         "batch_size": args.batch_size,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from server.engine import checkpoint
+from server.model.demo import CHECKPOINT_DIR as DEMO_CHECKPOINT_DIR
 from server.settings import load_settings
 
 
@@ -58,5 +59,9 @@ def test_resolve_model_prefers_the_setting(tmp_path: Path) -> None:
     existing = tmp_path / "tiny"
     existing.mkdir()
     (existing / "generation_config.json").write_text("{}")
-    settings = load_settings({"tiny_checkpoint_dir": str(existing)})
+    settings = load_settings({"preset": "tiny", "tiny_checkpoint_dir": str(existing)})
     assert checkpoint.resolve_model(settings) == str(existing)
+    # no model and no preset: the demo checkpoint shipped in the package
+    default = load_settings({"tiny_checkpoint_dir": str(existing)})
+    assert checkpoint.resolve_model(default) == str(DEMO_CHECKPOINT_DIR)
+    assert (DEMO_CHECKPOINT_DIR / "config.json").is_file()

@@ -42,11 +42,14 @@ def test_defaults() -> None:
     assert settings.model_name == "kimi-vl-demo"
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)
     assert settings.limit_images_per_request == 64
+    # the demo preset takes every frame of its short clips; with a model the defaults apply
     assert (settings.limit_videos_per_request, settings.video_fps, settings.max_video_fps) == (
         4,
-        1.0,
-        4.0,
+        30.0,
+        30.0,
     )
+    real = load_settings({"model": "some/model"})
+    assert (real.video_fps, real.max_video_fps) == (1.0, 4.0)
     assert (settings.max_video_frames, settings.max_video_tokens) == (64, 16384)
     assert settings.max_video_seconds == 3600
     assert settings.open_health_and_metrics is True
@@ -235,7 +238,7 @@ FLAG_CASES: dict[str, tuple[list[str], object]] = {
     "kv_cache_space_gib": (["--kv-cache-space-gib", "2.5"], 2.5),
     "limit_images_per_request": (["--max-images-per-request", "512"], 512),
     "limit_videos_per_request": (["--limit-videos-per-request", "8"], 8),
-    "max_video_fps": (["--max-video-fps", "8"], 8.0),
+    "max_video_fps": (["--max-video-fps", "40"], 40.0),  # above the demo preset's video_fps
     "video_fps": (["--video-fps", "0.5"], 0.5),
     "max_video_frames": (["--max-video-frames", "512"], 512),
     "max_video_tokens": (["--max-video-tokens", "32768"], 32768),
@@ -332,7 +335,7 @@ def test_help_lists_every_flag_and_env_var(capsys: pytest.CaptureFixture[str]) -
         ["--max-image-pixels", "999999999"],
         ["--max-video-frames", "513"],
         ["--max-video-tokens", "32769"],
-        ["--video-fps", "5"],  # above the default --max-video-fps 4
+        ["--video-fps", "40"],  # above --max-video-fps (the demo preset: 30)
         ["--max-video-fps", "0"],
         ["--limit-videos-per-request", "9"],
         ["--max-video-seconds", "0"],

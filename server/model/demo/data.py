@@ -408,16 +408,15 @@ def collate(
             row = torch.zeros(FOCUS_HEADS, longest, dtype=torch.bool)
             for head in range(FOCUS_HEADS):
                 row[head, where[torch.from_numpy(mask[head])]] = True
+            assert e.labels is not None
             share = torch.zeros(longest)
             if sink:
                 row[:, where[0] - 1] = True
-                assert e.labels is not None
                 share[where] = torch.from_numpy(e.labels[:, 1]).float()
                 share[where[0] - 1] = 1.0
             f_share.append(share)
             f_uniform.append(sink)
             f_sink.append(int(where[0]) - 1 if sink else -1)
-            assert e.labels is not None
             f_values.append(focus_values(e.labels, mask, sink))
             f_targets.append(e.target_ids[start])
             f_rows.append(i)

@@ -435,8 +435,8 @@ def pretrain_vision(
 ) -> None:
     """Stage 1: the vision tower and projector learn what each token shows (colour, shape, where
     its shape is, whether a shape's centre is in it) on `--pretrain-batch` small canvases per
-    step (data.canvas), with their own AdamW and schedule. A ViT has no convolution inside its 14-px patches, so it learns shapes only
-    from many examples at every offset and scale: on the task pictures (mostly background,
+    step (data.canvas), with their own AdamW and schedule. A ViT has no convolution inside its
+    14-px patches, so it learns shapes only from many examples at every offset and scale: on the task pictures (mostly background,
     one or two steps a second) its shape probe stayed at chance for hundreds of steps; small
     canvases give it tens of shapes per step at a tenth of the cost."""
     params = [

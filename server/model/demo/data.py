@@ -78,8 +78,20 @@ def _unique(items: list[str]) -> list[str]:
     return [x for x in dict.fromkeys(items) if items.count(x) == 1]
 
 
-def _image_questions(scene: list[Shape], width: int) -> list[tuple[str, str]]:
-    """Every templated question the scene of one image answers unambiguously."""
+# Training only, not one of the contract's questions: asked as a follow-up about pictures, it
+# makes the focus heads carry a shape's height as the position question makes them carry its
+# x, and reads it out through the answer tokens the motion question uses. Without it the
+# heads' outputs held a shape's y a third as strongly as its x (through o_proj), and the
+# served model answered "down" to half the clips moving up, though a linear read of the same
+# outputs got every direction right.
+VERTICAL_QUESTION = "Is the {color} {shape} up or down?"
+VERTICAL_BAND = 1 / 3  # asked when the shape's centre is in the top or bottom third
+
+
+def _image_questions(scene: list[Shape], size: tuple[int, int]) -> list[tuple[str, str]]:
+    """Every templated question the scene of one image answers unambiguously (and the
+    training-only VERTICAL_QUESTION)."""
+    width, height = size
     out = [(QUESTIONS["count"], str(len(scene)))]
     for kind in _unique([s.kind for s in scene]):
         color = next(s.color for s in scene if s.kind == kind)
@@ -92,6 +104,12 @@ def _image_questions(scene: list[Shape], width: int) -> list[tuple[str, str]]:
             if (s.kind, s.color) != (o.kind, o.color):
                 side = "left" if s.cx < o.cx else "right"
                 out.append((QUESTIONS["position"].format(color=s.color, shape=s.kind), side))
+    pairs = [(s.color, s.kind) for s in scene]
+    for s in scene:
+        y = (s.y + s.size / 2) / height
+        if pairs.count((s.color, s.kind)) == 1 and min(y, 1 - y) < VERTICAL_BAND:
+            way = "up" if y < 0.5 else "down"
+            out.append((VERTICAL_QUESTION.format(color=s.color, shape=s.kind), way))
     return out
 
 
@@ -106,7 +124,7 @@ def _questions(sample: Sample) -> list[tuple[str, str]]:
             out.append((QUESTIONS["motion"].format(shape=first.kind), way))
         return out
     if len(sample.images) == 1:
-        return _image_questions(sample.scenes[0], sample.images[0].width)
+        return _image_questions(sample.scenes[0], sample.images[0].size)
     pairs = [sorted({(s.color, s.kind) for s in scene}) for scene in sample.scenes]
     out = []
     for color, kind in sorted({p for ps in pairs for p in ps}):
@@ -240,7 +258,7 @@ _TEMPLATE_PATTERNS = {
         .replace(r"\{color\}", r"(?P<color>\w+)")
         + "$"
     )
-    for task, q in QUESTIONS.items()
+    for task, q in {**QUESTIONS, "vertical": VERTICAL_QUESTION}.items()
 }
 
 

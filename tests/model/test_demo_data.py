@@ -8,9 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from server.model.demo.checkpoint import preprocessor_config
 from server.model.demo.data import (
+    _TEMPLATE_PATTERNS,
     ASK_HEADS,
     CANVAS_MAX_SHAPES,
     CANVAS_MIN_SHAPE,
@@ -19,6 +21,7 @@ from server.model.demo.data import (
     SIDE_LEFT,
     SIDE_RIGHT,
     VALUE_FIELDS,
+    VERTICAL_QUESTION,
     Draw,
     _questions,
     canvas,
@@ -37,6 +40,8 @@ from server.model.demo.tasks import (
     QUESTIONS,
     SHAPES,
     TASKS,
+    Sample,
+    Shape,
     heldout_seed,
     make_sample,
 )
@@ -47,18 +52,17 @@ CFG = ImageProcessorConfig.from_dict(preprocessor_config())
 
 @pytest.mark.parametrize("task", TASKS)
 def test_questions_include_the_samples_own_and_follow_templates(task: str) -> None:
-    templates = [q.split("{")[0] for q in QUESTIONS.values()]
     for i in range(15):
         sample = make_sample(task, heldout_seed(i))
         qs = _questions(sample)
         assert (sample.question, sample.answer) in qs
         assert len({q for q, _ in qs}) == len(qs)  # one answer per question
-        assert all(any(q.startswith(t) for t in templates) for q, _ in qs)
+        assert all(any(p.match(q) for p in _TEMPLATE_PATTERNS.values()) for q, _ in qs)
 
 
 def test_follow_up_answers_follow_from_the_scene() -> None:
     rng = np.random.default_rng(0)
-    checked = 0
+    checked = vertical = 0
     for i in range(40):
         sample = make_sample("count", heldout_seed(i))
         scene = sample.scenes[0]
@@ -70,8 +74,30 @@ def test_follow_up_answers_follow_from_the_scene() -> None:
             elif q.startswith("What shape is "):
                 color = q.removeprefix("What shape is ").removesuffix("?")
                 assert [s.kind for s in scene if s.color == color] == [a]
+            elif q.endswith(" up or down?"):
+                color, kind = q.split()[2:4]
+                [shape] = [s for s in scene if (s.color, s.kind) == (color, kind)]
+                y = (shape.y + shape.size / 2) / sample.images[0].height
+                assert (a, y < 1 / 3 or y > 2 / 3) == ("up" if y < 0.5 else "down", True)
+                vertical += 1
             checked += 1
     assert checked > 20
+    assert vertical > 5
+
+
+def test_vertical_follow_up_is_asked_only_of_a_shape_in_the_top_or_bottom_third() -> None:
+    questions = [_questions(make_sample("color", heldout_seed(i))) for i in range(60)]
+    asked = [(q, a) for qs in questions for q, a in qs if q.endswith(" up or down?")]
+    assert {a for _, a in asked} == {"up", "down"}
+    # a single shape in the middle band gets no vertical question
+    scene = [Shape("circle", "red", 40, 45, 10)]
+    image = Image.new("RGB", (100, 100))
+    sample = Sample(
+        "color", QUESTIONS["color"].format(shape="circle"), "red", "", [image], scenes=[scene]
+    )
+    assert not any(q.endswith(" up or down?") for q, _ in _questions(sample))
+    sample.scenes = [[Shape("circle", "red", 40, 80, 10)]]
+    assert (VERTICAL_QUESTION.format(color="red", shape="circle"), "down") in _questions(sample)
 
 
 def test_motion_follow_up_asks_the_colour_at_the_end() -> None:
@@ -174,6 +200,11 @@ def test_focus_heads_see_both_ends_of_a_motion() -> None:
     color = make_sample("color", heldout_seed(8))
     both = focus_mask(color.question, token_labels(color, CFG))
     assert (both[0] == both[1]).all() and both[0].any()
+    named = color.scenes[0][0]
+    labels = token_labels(color, CFG)
+    vertical = focus_mask(VERTICAL_QUESTION.format(color=named.color, shape=named.kind), labels)
+    on = labels[:, 0] == token_class(named.color, named.kind)
+    assert (vertical[0] == on).all() and (vertical[1] == on).all()
 
 
 def test_focus_values_say_where_and_what_each_focus_head_looks_at() -> None:

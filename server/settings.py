@@ -118,17 +118,29 @@ class _PresetSource(PydanticBaseSettingsSource):
     It runs after the CLI (init kwargs) and environment sources, so `current_state` already holds
     the preset name chosen by either of them. With neither a model nor a preset, the server
     serves the trained demo checkpoint shipped in the package: the `demo` preset applies
-    (CPU-friendly engine settings) and becomes the `preset` setting.
+    (CPU-friendly engine settings) and becomes the `preset` setting. A preset's `video_fps`
+    above a `max_video_fps` given by the CLI or the environment is lowered to that cap: the
+    explicit cap wins over the preset's default rate (an explicit `video_fps` above it is
+    still an error).
     """
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False  # unused: __call__ returns the whole mapping
 
     def __call__(self) -> dict[str, Any]:
-        preset = self.current_state.get("preset")
-        if not preset and self.current_state.get("model") is None:
-            return {**load_preset(DEMO_PRESET), "preset": DEMO_PRESET}
-        return load_preset(str(preset)) if preset else {}
+        state = self.current_state
+        preset = state.get("preset")
+        if not preset and state.get("model") is None:
+            values = {**load_preset(DEMO_PRESET), "preset": DEMO_PRESET}
+        else:
+            values = load_preset(str(preset)) if preset else {}
+        cap, rate = state.get("max_video_fps"), values.get("video_fps")
+        if cap is not None and rate is not None and "video_fps" not in state:
+            try:
+                values["video_fps"] = min(float(rate), float(cap))
+            except (TypeError, ValueError):
+                pass  # not numbers: the fields' own validation reports them
+        return values
 
 
 def _split_list(value: Any) -> Any:

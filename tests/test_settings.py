@@ -300,6 +300,20 @@ def test_video_fps_within_its_cap(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (load_settings().video_fps, load_settings().max_video_fps) == (6.0, 10.0)
 
 
+def test_a_presets_video_fps_yields_to_an_explicit_lower_cap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the demo preset (no model) samples 30 fps; a lower cap from the CLI or the environment
+    # lowers that default rate instead of failing
+    capped = load_settings({"max_video_fps": 5.0})
+    assert (capped.preset, capped.video_fps, capped.max_video_fps) == ("demo", 5.0, 5.0)
+    assert load_settings({"max_video_fps": 40.0}).video_fps == 30.0  # a higher cap: unchanged
+    with pytest.raises(InvalidSettings, match="--video-fps.*exceeds --max-video-fps"):
+        load_settings({"max_video_fps": 5.0, "video_fps": 6.0})  # explicit rates still checked
+    monkeypatch.setenv("KIMI_VL_MAX_VIDEO_FPS", "2")
+    assert (load_settings().video_fps, load_settings().max_video_fps) == (2.0, 2.0)
+
+
 def test_limit_images_flag_spellings() -> None:
     assert cli.parse_settings(["--limit-images-per-request", "7"]).limit_images_per_request == 7
 

@@ -105,7 +105,6 @@ def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
 
 MAX_MEDIA_INDEX = 15
 WHERE_BACKGROUND, WHERE_SHAPE = 4.0, 16.0  # weights of the position probe's squared error
-CENTRE_WEIGHT = 4.0  # weight of the centre probe's squared error
 MAX_SHAPES = 6
 FOCUS_LAYER = 1  # decoder layer whose first FOCUS_HEADS heads are taught where to look
 ORDER_LAYER = 0  # decoder layer whose output at image tokens is taught the image/frame index
@@ -157,16 +156,11 @@ class TokenProbe(nn.Module):
         return (where * torch.where(labels[:, 0] > 0, WHERE_SHAPE, WHERE_BACKGROUND)).sum()
 
     def centre_loss(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Summed weighted squared error of a linear read of whether a shape's centre is in
-        each token (1) or not (0): the tokens the count's focus heads spread over, one per
-        shape. A squared error, not a cross-entropy, so that the read is flat, the same on
-        every centre token: the count is read from how the heads' attention splits between
-        the centre tokens and a fixed token, so the centre tokens' attention logits (which
-        such a direction of the features gives) must be equal. Trained with a cross-entropy,
-        the count heads' logits on centre tokens spread with a standard deviation of 0.6, and
-        the count implied by their attention was off by a factor of 1.3 (sd of its log)."""
-        want = labels[:, 1].clamp(max=1)
-        return CENTRE_WEIGHT * (self.centre(feats.float())[:, 0] - want).pow(2).sum()
+        """Summed binary cross-entropy of whether a shape's centre is in each token: the
+        tokens the count's focus head looks at, one per shape."""
+        return F.binary_cross_entropy_with_logits(
+            self.centre(feats.float())[:, 0], labels[:, 1].clamp(max=1), reduction="sum"
+        )
 
     def loss(
         self, feats: torch.Tensor, mid: torch.Tensor | None, labels: torch.Tensor

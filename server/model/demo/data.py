@@ -78,14 +78,16 @@ def _unique(items: list[str]) -> list[str]:
     return [x for x in dict.fromkeys(items) if items.count(x) == 1]
 
 
-# Training only, not one of the contract's questions: asked as a follow-up about pictures, it
-# makes the focus heads carry a shape's height as the position question makes them carry its
-# x, and reads it out through the answer tokens the motion question uses. Without it the
-# heads' outputs held a shape's y a third as strongly as its x (through o_proj), and the
-# served model answered "down" to half the clips moving up, though a linear read of the same
-# outputs got every direction right.
+# Training only, not one of the contract's questions: the vertical twin of the position
+# question, asked as a follow-up about a shape clearly above or below every other shape of a
+# picture ("up": above them). Every direction answer is then the same read of the two
+# focus heads, head 0's position minus head 1's (the named shape minus the other one; the last
+# frame minus the first), through the answer tokens the motion question uses. Without it the
+# heads held a shape's y a third as strongly as its x (through o_proj) and the served model
+# answered "down" to half the clips moving up, though a linear read of the same outputs got
+# every direction right.
 VERTICAL_QUESTION = "Is the {color} {shape} up or down?"
-VERTICAL_BAND = 1 / 3  # asked when the shape's centre is in the top or bottom third
+APART = 0.3  # of the picture's width (position) or height (vertical): "clearly apart"
 
 
 def _image_questions(scene: list[Shape], size: tuple[int, int]) -> list[tuple[str, str]]:
@@ -106,9 +108,11 @@ def _image_questions(scene: list[Shape], size: tuple[int, int]) -> list[tuple[st
                 out.append((QUESTIONS["position"].format(color=s.color, shape=s.kind), side))
     pairs = [(s.color, s.kind) for s in scene]
     for s in scene:
-        y = (s.y + s.size / 2) / height
-        if pairs.count((s.color, s.kind)) == 1 and min(y, 1 - y) < VERTICAL_BAND:
-            way = "up" if y < 0.5 else "down"
+        others = [o.cy for o in scene if o is not s]
+        if not others or pairs.count((s.color, s.kind)) > 1:
+            continue
+        if s.cy <= min(others) - APART * height or s.cy >= max(others) + APART * height:
+            way = "up" if s.cy < min(others) else "down"
             out.append((VERTICAL_QUESTION.format(color=s.color, shape=s.kind), way))
     return out
 
@@ -240,7 +244,7 @@ SIDE_LEFT, SIDE_RIGHT = 1, 2
 
 def _far_apart(scene: list[Shape], width: int) -> bool:
     """Two shapes, far enough apart horizontally for the position question."""
-    return len(scene) == 2 and abs(scene[0].cx - scene[1].cx) >= 0.3 * width
+    return len(scene) == 2 and abs(scene[0].cx - scene[1].cx) >= APART * width
 
 
 def _sides(scene: list[Shape], width: int) -> list[int]:
@@ -270,7 +274,8 @@ def focus_mask(question: str, labels: np.ndarray) -> np.ndarray:
     `labels`) showing what `question` is about: the shape it names (to count: each shape's
     centre token, see `counts_with_sink`). Videos: the shape in the last frame (colour at the end: both heads); for motion
     head 0 looks at the last frame and head 1 at the first, so that one layer sees both ends
-    of the path."""
+    of the path. Left or right (and the training-only up or down): head 0 the named shape,
+    head 1 the other ones, so that every direction answer is head 0's position minus head 1's."""
     cls = labels[:, 0].astype(np.int64)
     color_of, shape_of = split_token_class(cls)
     any_shape = cls > 0
@@ -290,6 +295,8 @@ def focus_mask(question: str, labels: np.ndarray) -> np.ndarray:
             return np.stack([labels[:, 1] > 0] * FOCUS_HEADS)
         if task == "motion":
             return np.stack([keep & (frame == last), keep & (frame == 0)])
+        if task in ("position", "vertical"):  # the others: the side is relative to them
+            return np.stack([keep, any_shape & ~keep])
         if task == "color_change":
             keep &= frame == last
         return np.stack([keep] * FOCUS_HEADS)

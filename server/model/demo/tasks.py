@@ -63,6 +63,10 @@ class Shape:
     def cx(self) -> float:
         return self.x + self.size / 2
 
+    @property
+    def cy(self) -> float:
+        return self.y + self.size / 2
+
 
 @dataclass
 class Sample:

@@ -7,7 +7,8 @@ training draw i of the run is a pure function of (seed, i). Two stages. Stage 1
 (`--vision-pretrain` steps): the vision tower and projector alone learn each token's colour and
 shape on small canvases (`pretrain_vision`). Stage 2 (`--steps`): each step draws `--batch-size`
 samples (tasks mixed by weight; most continue as a conversation with up to three more
-questions about the same media), sorts them by length and runs them in micro-batches of at
+questions about the same media, among them a training-only up-or-down twin of the position
+question, data.VERTICAL_QUESTION), sorts them by length and runs them in micro-batches of at
 most `--tokens-per-micro-batch` padded tokens. The loss is cross-entropy on the answer tokens
 (and their `<|im_end|>`), plus two training-only signals that make a model this small learn
 in minutes instead of hours: per-token probes on the image features (colour, shape, centre,

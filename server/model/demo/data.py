@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from server.model.demo.model import Batch
 from server.model.demo.prompt import Encoded, PromptBuilder
 from server.model.demo.tasks import (
+    APART,
     COLORS,
     ORDINALS,
     QUESTIONS,
@@ -87,7 +88,6 @@ def _unique(items: list[str]) -> list[str]:
 # answered "down" to half the clips moving up, though a linear read of the same outputs got
 # every direction right.
 VERTICAL_QUESTION = "Is the {color} {shape} up or down?"
-APART = 0.3  # of the picture's width (position) or height (vertical): "clearly apart"
 
 
 def _image_questions(scene: list[Shape], size: tuple[int, int]) -> list[tuple[str, str]]:

@@ -34,6 +34,7 @@ ORDINALS = ("first", "second", "third", "fourth")
 DIRECTIONS = ("left", "right", "up", "down")
 MAX_BACKGROUND = 60
 MIN_SIZE_FRACTION = 0.10
+APART = 0.3  # position questions: the two shapes' centres are this much of the width apart
 VIDEO_SHORT_SIDE = (56, 128)
 VIDEO_FPS = (1, 1, 2, 5, 10, 24, 25, 30)
 
@@ -288,7 +289,7 @@ def _position_task(rng: np.random.Generator) -> Sample | None:
     if made is None:
         return None
     image, shapes = made
-    if abs(shapes[0].cx - shapes[1].cx) < 0.3 * image.width:
+    if abs(shapes[0].cx - shapes[1].cx) < APART * image.width:
         return None
     q = QUESTIONS["position"].format(color=color, shape=kind)
     thought = f"The {color} {kind} is on the {side}."

@@ -267,12 +267,6 @@ _TEMPLATE_PATTERNS = {
 
 
 FOCUS_HEADS = 2
-# The count looks with its own pair of heads (these and the next), whose queries have no rope
-# part (train.drop_count_rope): sharing heads 0 and 1 with the questions that match a colour
-# and a shape, the count's logits on the shapes' centre tokens varied with what each shape was
-# (sd 0.56) and where it sat in the sequence (rope, sd 0.45), and the share left on the sink
-# told 3 from 4 or 5 from 6 shapes only three times in four.
-COUNT_FIRST_HEAD = 2
 
 
 def focus_mask(question: str, labels: np.ndarray) -> np.ndarray:
@@ -336,9 +330,6 @@ class TrainBatch:
     focus: torch.Tensor  # [K, FOCUS_HEADS, L] bool: per head, the image tokens it is about
     focus_uniform: torch.Tensor  # [K] bool: the head should spread evenly over them (count)
     focus_sink: torch.Tensor  # [K] the count's sink position (COUNT_SINK_WEIGHTS), else -1
-    focus_first: (
-        torch.Tensor
-    )  # [K] the first of the answer's FOCUS_HEADS heads (0 or COUNT_FIRST_HEAD)
     # [K, L] the count's even spread, in centre tokens' worth per position: how many shapes'
     # centres each image token holds, 1 at the sink (before COUNT_SINK_WEIGHTS); else zeros
     focus_share: torch.Tensor
@@ -429,7 +420,6 @@ def collate(
     f_masks: list[torch.Tensor] = []
     f_uniform: list[bool] = []
     f_sink: list[int] = []
-    f_first: list[int] = []
     f_share: list[torch.Tensor] = []
     f_values: list[np.ndarray] = []
     f_targets: list[int] = []
@@ -452,7 +442,6 @@ def collate(
             f_share.append(share)
             f_uniform.append(sink)
             f_sink.append(int(where[0]) - 1 if sink else -1)
-            f_first.append(COUNT_FIRST_HEAD if sink else 0)
             f_values.append(focus_values(e.labels, mask, sink))
             f_targets.append(e.target_ids[start])
             f_rows.append(i)
@@ -488,7 +477,6 @@ def collate(
         else torch.zeros((0, FOCUS_HEADS, longest), dtype=torch.bool),
         torch.tensor(f_uniform, dtype=torch.bool),
         torch.tensor(f_sink, dtype=torch.long),
-        torch.tensor(f_first, dtype=torch.long),
         torch.stack(f_share) if f_share else torch.zeros((0, longest)),
         torch.from_numpy(np.stack(f_values)).float()
         if f_values

@@ -13,8 +13,8 @@ most `--tokens-per-micro-batch` padded tokens. The loss is cross-entropy on the 
 (and their `<|im_end|>`), plus two training-only signals that make a model this small learn
 in minutes instead of hours: per-token probes on the image features (colour, shape, centre,
 position, image/frame index) and a focus loss that teaches two attention heads to look at the
-image tokens each question is about (for the count, two other heads, whose queries have no
-rope part, spread evenly over one token per shape and one fixed token) and two heads of the layer below to read the question's colour and
+image tokens each question is about (and, for the count, to spread evenly over one token per
+shape and one fixed token) and two heads of the layer below to read the question's colour and
 shape words that this look needs. The position table of the vision tower starts with x and y
 waves (model.position_init). AdamW with warm-up and cosine decay; after every step the
 MoE routers' correction biases move towards balanced expert load. The checkpoint is written to
@@ -43,7 +43,6 @@ from tqdm import tqdm
 
 from server.model.demo import checkpoint
 from server.model.demo.data import (
-    COUNT_FIRST_HEAD,
     COUNT_SINK_WEIGHTS,
     FOCUS_HEADS,
     Draw,
@@ -193,7 +192,7 @@ def value_loss(probe: TokenProbe, attn: MLA, tb: TrainBatch) -> torch.Tensor:
     total = torch.zeros(())
     if rows.numel() == 0:
         return total
-    out = focus_reads(attn, rows, cols, tb.focus_first)
+    out = focus_reads(attn, rows, cols)
     for head, read in enumerate(probe.value):
         xy, color, shape, media, count = read(out[:, head]).split(VALUE_WIDTHS, dim=-1)
         w = want[:, head]
@@ -209,26 +208,16 @@ def value_loss(probe: TokenProbe, attn: MLA, tb: TrainBatch) -> torch.Tensor:
     return total
 
 
-def pick_heads(t: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
-    """[K, heads, ...] -> [K, FOCUS_HEADS, ...]: per row k, heads first[k] .. first[k] +
-    FOCUS_HEADS - 1 (an answer's focus heads: 0 and 1, or the count's)."""
-    index = first[:, None] + torch.arange(FOCUS_HEADS)  # [K, FOCUS_HEADS]
-    return t[torch.arange(len(t))[:, None], index]
-
-
-def focus_reads(
-    attn: MLA, rows: torch.Tensor, cols: torch.Tensor, first: torch.Tensor
-) -> torch.Tensor:
-    """[K, FOCUS_HEADS, v_head_dim] what the focus heads of `attn` (from head first[k]) read at
-    the K positions (rows, cols): their outputs, recomputed with the attention weights detached. The value and
+def focus_reads(attn: MLA, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """[K, FOCUS_HEADS, v_head_dim] what the focus heads of `attn` read at the K positions
+    (rows, cols): their outputs, recomputed with the attention weights detached. The value and
     shortcut losses teach what a head carries and how the answer reads it, not where it
     looks (the focus loss teaches that). In the run that let their gradient through, the
     motion heads' attention on the first and last frames' shape stayed at 0.43-0.67 from step
     500 on (0.93-0.99 in the recipe before the shortcut)."""
     assert attn.captured is not None
-    heads = int(first.max()) + FOCUS_HEADS
-    v = pick_heads(attn.captured[2][rows, :heads].float(), first)  # [K, FOCUS_HEADS, L, D]
-    weights = pick_heads(attention_logp(attn, rows, cols, heads, detach=True), first).exp()
+    v = attn.captured[2][rows, :FOCUS_HEADS].float()  # [K, heads, L, D]
+    weights = attention_logp(attn, rows, cols, FOCUS_HEADS, detach=True).exp()
     return torch.einsum("khl,khld->khd", weights, v)
 
 
@@ -261,27 +250,12 @@ def shortcut_loss(model: KimiVL, tb: TrainBatch) -> torch.Tensor:
     rows, cols = tb.focus_rows, tb.focus_cols
     if rows.numel() == 0:
         return torch.zeros(())
-    reads = focus_reads(attn, rows, cols, tb.focus_first)  # [K, FOCUS_HEADS, vdim]
-    columns = attn.o_proj.weight.view(-1, attn.heads, attn.vdim).permute(
-        1, 2, 0
-    )  # [heads, vdim, H]
-    index = tb.focus_first[:, None] + torch.arange(FOCUS_HEADS)
-    hidden = torch.einsum("khd,khdo->ko", reads, columns[index])
+    width = FOCUS_HEADS * attn.vdim
+    heads = focus_reads(attn, rows, cols).reshape(len(rows), width)
+    hidden = heads @ attn.o_proj.weight[:, :width].t()
     lm = model.language_model
     logits = lm.lm_head(lm.model.norm(hidden)).float()
     return F.cross_entropy(logits, tb.focus_targets, reduction="sum")
-
-
-@torch.no_grad()
-def drop_count_rope(model: KimiVL) -> None:
-    """Zero the rope part of the count heads' queries (layer FOCUS_LAYER, heads
-    COUNT_FIRST_HEAD ..): their logits then depend on what a token shows and not on where it
-    sits, so each shape's centre token gets the same share wherever it is in the picture.
-    Applied at the start and after every optimiser step; the checkpoint holds the zeros."""
-    attn = model.language_model.model.layers[FOCUS_LAYER].self_attn
-    assert isinstance(attn, MLA)
-    weight = attn.q_proj.weight.view(attn.heads, attn.nope + attn.rope, -1)
-    weight[COUNT_FIRST_HEAD : COUNT_FIRST_HEAD + FOCUS_HEADS, attn.nope :] = 0.0
 
 
 def _masked_ce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -320,21 +294,16 @@ def attention_loss(
     uniform: torch.Tensor | None = None,
     sink: torch.Tensor | None = None,
     share: torch.Tensor | None = None,
-    first: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Summed over masks.shape[1] heads of `attn` (its captured q and k; row k's from head
-    first[k], or from head 0) at the K positions (rows, cols): -log(attention weight on the
-    masked positions) [K, heads, L], or
+    """Summed over the first masks.shape[1] heads of `attn` (its captured q and k) at the K
+    positions (rows, cols): -log(attention weight on the masked positions) [K, heads, L], or
     where `uniform` [K] is set, the cross-entropy of the attention against an even spread
     over them (or in proportion to `share` [K, L], a token holding two shapes' centres
     counting twice), in which position `sink` [K] counts COUNT_SINK_WEIGHTS[head] times."""
     total = torch.zeros(())
     if rows.numel() == 0:
         return total
-    if first is None:
-        every = attention_logp(attn, rows, cols, masks.shape[1])
-    else:
-        every = pick_heads(attention_logp(attn, rows, cols, int(first.max()) + FOCUS_HEADS), first)
+    every = attention_logp(attn, rows, cols, masks.shape[1])
     for head in range(masks.shape[1]):
         logp = every[:, head]
         mask = masks[:, head]
@@ -370,7 +339,6 @@ def focus_loss(model: KimiVL, tb: TrainBatch) -> torch.Tensor:
         tb.focus_uniform,
         tb.focus_sink,
         tb.focus_share,
-        tb.focus_first,
     ) + attention_loss(asks, tb.ask_rows, tb.ask_cols, tb.ask)
 
 
@@ -537,13 +505,14 @@ def diagnose(
         if task == "motion" and len(tb.focus_rows):
             value_line = f" value-probe {_motion_from_values(probe, looks, tb):.2f}"
         masses = []
-        for attn, rows, cols, masks, first in (
-            (looks, tb.focus_rows, tb.focus_cols, tb.focus, tb.focus_first),
-            (asks, tb.ask_rows, tb.ask_cols, tb.ask, None),
+        for attn, rows, cols, masks in (
+            (looks, tb.focus_rows, tb.focus_cols, tb.focus),
+            (asks, tb.ask_rows, tb.ask_cols, tb.ask),
         ):
             if rows.numel():
-                lost = attention_loss(attn, rows, cols, masks, first=first)
-                masses.append(math.exp(-float(lost) / (2 * len(rows))))
+                masses.append(
+                    math.exp(-float(attention_loss(attn, rows, cols, masks)) / (2 * len(rows)))
+                )
         looks.capture = asks.capture = False
         looks.captured = asks.captured = None
         line = f"{task}: mass " + "/".join(f"{m:.2f}" for m in masses) + value_line
@@ -603,7 +572,7 @@ def _count_from_probe(probe: TokenProbe, feats: torch.Tensor, encoded: list[Enco
 def _motion_from_values(probe: TokenProbe, attn: MLA, tb: TrainBatch) -> float:
     """How often the value probe's (x, y) of focus head 0 (last frame) minus head 1's (first)
     points the way the focus targets' own positions do."""
-    out = focus_reads(attn, tb.focus_rows, tb.focus_cols, tb.focus_first)
+    out = focus_reads(attn, tb.focus_rows, tb.focus_cols)
     xy = [probe.value[h](out[:, h])[:, :2] for h in range(FOCUS_HEADS)]
     got, want = xy[0] - xy[1], tb.focus_values[:, 0, :2] - tb.focus_values[:, 1, :2]
     axis = want.abs().argmax(-1)
@@ -654,7 +623,6 @@ def train(args: argparse.Namespace) -> dict:
         builder = load_builder(Path(tmp))
     model = KimiVL(checkpoint.demo_config(tok))
     model.train()
-    drop_count_rope(model)
     tc = checkpoint.demo_config(tok)["text_config"]
     probe = TokenProbe(tc["hidden_size"], tc["v_head_dim"])
     params = list(model.named_parameters()) + [
@@ -704,7 +672,6 @@ def train(args: argparse.Namespace) -> dict:
         torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        drop_count_rope(model)
         for moe in model.moe_layers():
             moe.balance(BALANCE_RATE)
         ema = loss if ema is None else 0.95 * ema + 0.05 * loss
@@ -760,7 +727,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m server.model.demo.train", description=__doc__.splitlines()[0]
     )
     ap.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
-    ap.add_argument("--steps", type=int, default=1300)
+    ap.add_argument("--steps", type=int, default=1400)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--batch-size", type=int, default=8)

@@ -191,9 +191,7 @@ def canvas(run_seed: int, index: int) -> Sample:
 
 def token_labels(sample: Sample, cfg: ImageProcessorConfig) -> np.ndarray:
     """[tokens, 7] float labels of the sample's merged image tokens, in prompt order: class
-    (`token_class`), the share of a shape's centre the token holds (`_centre_share`: a shape's
-    centre is shared by the up to four tokens nearest it, bilinearly; a token near two shapes'
-    centres holds some of each), x and y as fractions of the image (of
+    (`token_class`), shape centre in the token (0/1), x and y as fractions of the image (of
     the shape's centre on a shape's tokens, of the token's own centre elsewhere: where a shape
     is, which the position and motion questions ask, on every token an attention head reads
     for them), the index of the image or frame, the number of shapes in that image or frame
@@ -231,30 +229,14 @@ def token_labels(sample: Sample, cfg: ImageProcessorConfig) -> np.ndarray:
             side = np.where(take, s_side, side)
             fx = np.where(take, s.cx / image.width, fx)
             fy = np.where(take, (s.y + s.size / 2) / image.height, fy)
-            centre += _centre_share(s, sx / cell_w, sy / cell_h, rows, cols)
+            r = min(rows - 1, int((s.y + s.size / 2) * sy // cell_h))
+            c = min(cols - 1, int((s.x + s.size / 2) * sx // cell_w))
+            centre[r, c] += 1  # two shapes' centres in one token: it counts twice
         idx = np.full((rows, cols), float(index))
         count = np.full((rows, cols), float(len(scene)))
         columns = (cls, centre, fx, fy, idx, count, side)
         out.append(np.stack([m.reshape(-1) for m in columns], axis=1))
     return np.concatenate(out) if out else np.zeros((0, 7))
-
-
-def _centre_share(shape: Shape, fx: float, fy: float, rows: int, cols: int) -> np.ndarray:
-    """[rows, cols] one shape's unit share over the (up to four) tokens nearest its centre,
-    bilinear in where the centre lies between their centres (fx, fy: tokens per original
-    pixel). A hard "the token holding the centre" made the count's attention depend on how
-    close the centre was to a token's edge: within a tenth of a token of it (a third of the
-    shapes), the centre token got 0.54 of a shape's share on average (1.00 well inside), the
-    rest leaking to its neighbours, a main source of miscounts. The bilinear share moves
-    smoothly with the centre, and each shape still sums to one."""
-    out = np.zeros((rows, cols))
-    u, v = shape.cx * fx - 0.5, shape.cy * fy - 0.5  # in token-centre units
-    c0, r0 = int(np.floor(u)), int(np.floor(v))
-    du, dv = u - c0, v - r0
-    for r, wr in ((r0, 1 - dv), (r0 + 1, dv)):
-        for c, wc in ((c0, 1 - du), (c0 + 1, du)):
-            out[min(max(r, 0), rows - 1), min(max(c, 0), cols - 1)] += wr * wc
-    return out
 
 
 SIDE_LEFT, SIDE_RIGHT = 1, 2
@@ -309,7 +291,7 @@ def focus_mask(question: str, labels: np.ndarray) -> np.ndarray:
             keep &= color_of == _COLOR_INDEX[named["color"]] + 1
         frame = labels[:, 4]
         last = frame.max() if len(labels) else 0
-        if task == "count":  # the tokens sharing each shape's centre; see `counts_with_sink`
+        if task == "count":  # one token per shape (its centre's); see `counts_with_sink`
             return np.stack([labels[:, 1] > 0] * FOCUS_HEADS)
         if task == "motion":
             return np.stack([keep & (frame == last), keep & (frame == 0)])
@@ -321,13 +303,12 @@ def focus_mask(question: str, labels: np.ndarray) -> np.ndarray:
     raise ValueError(f"not a task question: {question!r}")
 
 
-# Per focus head, how many shapes' worth of attention the count's sink gets.
+# Per focus head, how many centre tokens' worth of attention the count's sink gets.
 COUNT_SINK_WEIGHTS = (1.0, 6.0)
 
 
 def counts_with_sink(question: str) -> bool:
-    """The counting question's focus is an even look at each shape's centre (one share per
-    shape, over the tokens nearest it: `_centre_share`) plus a share
+    """The counting question's focus is an even look at each shape's centre token plus a share
     on one token before the picture (the `<|media_content|>` that opens it), not a look at the
     shapes alone: an attention average over the shapes is the same for one shape or six, while
     the share left on a fixed token, w/(w + n) with w from COUNT_SINK_WEIGHTS, says how many
@@ -349,8 +330,8 @@ class TrainBatch:
     focus: torch.Tensor  # [K, FOCUS_HEADS, L] bool: per head, the image tokens it is about
     focus_uniform: torch.Tensor  # [K] bool: the head should spread evenly over them (count)
     focus_sink: torch.Tensor  # [K] the count's sink position (COUNT_SINK_WEIGHTS), else -1
-    # [K, L] the count's even spread, in shapes' worth per position: each image token's share
-    # of the shapes' centres, 1 at the sink (before COUNT_SINK_WEIGHTS); else zeros
+    # [K, L] the count's even spread, in centre tokens' worth per position: how many shapes'
+    # centres each image token holds, 1 at the sink (before COUNT_SINK_WEIGHTS); else zeros
     focus_share: torch.Tensor
     # [K, FOCUS_HEADS, len(VALUE_FIELDS)] what each focus head reads there (NaN: not asked)
     focus_values: torch.Tensor

@@ -157,9 +157,8 @@ class TokenProbe(nn.Module):
         return (where * torch.where(labels[:, 0] > 0, WHERE_SHAPE, WHERE_BACKGROUND)).sum()
 
     def centre_loss(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Summed binary cross-entropy of each token's share of a shape's centre (soft
-        targets, data._centre_share): what the count's focus heads look at, one share per
-        shape."""
+        """Summed binary cross-entropy of whether a shape's centre is in each token: the
+        tokens the count's focus head looks at, one per shape."""
         return F.binary_cross_entropy_with_logits(
             self.centre(feats.float())[:, 0], labels[:, 1].clamp(max=1), reduction="sum"
         )
@@ -299,8 +298,8 @@ def attention_loss(
     """Summed over the first masks.shape[1] heads of `attn` (its captured q and k) at the K
     positions (rows, cols): -log(attention weight on the masked positions) [K, heads, L], or
     where `uniform` [K] is set, the cross-entropy of the attention against an even spread
-    over them (or in proportion to `share` [K, L]: the count's shares of the shapes'
-    centres), in which position `sink` [K] counts COUNT_SINK_WEIGHTS[head] times."""
+    over them (or in proportion to `share` [K, L], a token holding two shapes' centres
+    counting twice), in which position `sink` [K] counts COUNT_SINK_WEIGHTS[head] times."""
     total = torch.zeros(())
     if rows.numel() == 0:
         return total

@@ -34,7 +34,7 @@ ORDINALS = ("first", "second", "third", "fourth")
 DIRECTIONS = ("left", "right", "up", "down")
 MAX_BACKGROUND = 60
 MIN_SIZE_FRACTION = 0.10
-APART = 0.3  # position questions: the two shapes' centres are this much of the width apart
+APART = 0.3  # "clearly apart": of the width (position) or height (data.VERTICAL_QUESTION)
 VIDEO_SHORT_SIDE = (56, 128)
 VIDEO_FPS = (1, 1, 2, 5, 10, 24, 25, 30)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.model.conftest import VIDEO, chat
+from tests.model.conftest import RunGenerate
 from tests.model.test_parity import logprob_diffs
 
 pytestmark = pytest.mark.slow
@@ -25,28 +25,29 @@ def same(a: dict, b: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def cases(tiny_ckpt: Path, parity_cases: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def cases(parity_cases: Path, video_cases: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The parity cases and a video, in one engine run (a compiled start costs ~25 s)."""
-    from server.model.tokenizer import TikTokenTokenizer
-
-    tok = TikTokenTokenizer.from_pretrained(str(tiny_ckpt))
-    prompt = tok.encode(chat(VIDEO + "What happens in the video?"), add_special_tokens=False)
-    video = {
-        "name": "video",
-        "prompt_token_ids": prompt,
-        "images": [],
-        "videos": [{"size": [120, 90], "frames": 3, "seed": 10, "timestamps": None}],
-    }
+    video = [c for c in json.loads(video_cases.read_text()) if c["name"] == "video"]
     path = tmp_path_factory.mktemp("compiled") / "cases.json"
-    path.write_text(json.dumps([*json.loads(parity_cases.read_text()), video]))
+    path.write_text(json.dumps([*json.loads(parity_cases.read_text()), *video]))
     return path
 
 
+def eager(run_generate: RunGenerate, video_cases: Path, case: str) -> dict:
+    """The eager result of `case`, from the runs the parity and video tests make (a request's
+    result does not depend on what it is batched with: test_parity)."""
+    if case == "video":
+        return run_generate("ours", cases=video_cases)["cases"][case]
+    return run_generate("ours")["cases"][case]
+
+
 @pytest.mark.parametrize("case", (*CASES, "video"))
-def test_compiled_equals_eager(run_generate, cases: Path, case: str) -> None:
+def test_compiled_equals_eager(
+    run_generate: RunGenerate, cases: Path, video_cases: Path, case: str
+) -> None:
     compiled = run_generate("ours", cases=cases, compiled=True)
     assert compiled["architecture"] == "KimiVLForConditionalGeneration"
-    same(compiled["cases"][case], run_generate("ours", cases=cases)["cases"][case])
+    same(compiled["cases"][case], eager(run_generate, video_cases, case))
 
 
 @pytest.mark.parametrize("case", CASES)

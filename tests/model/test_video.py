@@ -9,57 +9,8 @@ import pytest
 
 from server.model.image_processing import ImageProcessorConfig, num_image_tokens
 from server.model.processing import format_timestamp
-from tests.model.conftest import IMAGE, VIDEO, chat
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def video_cases(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from server.model.tokenizer import TikTokenTokenizer
-
-    tok = TikTokenTokenizer.from_pretrained(str(tiny_ckpt))
-
-    def ids(text: str) -> list[int]:
-        return tok.encode(text, add_special_tokens=False)
-
-    frames = [[120, 90, 10], [120, 90, 11], [120, 90, 12]]
-    video = {"size": [120, 90], "frames": 3, "seed": 10}
-    q = "What happens in the video?"
-    cases = [
-        {
-            "name": "video",
-            "prompt_token_ids": ids(chat(VIDEO + q)),
-            "images": [],
-            "videos": [{**video, "timestamps": None}],
-        },
-        {"name": "frames", "prompt_token_ids": ids(chat(IMAGE * 3 + q)), "images": frames},
-        {
-            "name": "video_ts",
-            "prompt_token_ids": ids(chat(VIDEO + q)),
-            "images": [],
-            "videos": [{**video, "timestamps": [0.0, 1.5, 62.0]}],
-        },
-        {
-            "name": "frames_ts",
-            "prompt_token_ids": ids(chat(f"00:00{IMAGE}00:01{IMAGE}01:02{IMAGE}" + q)),
-            "images": frames,
-        },
-        {
-            "name": "image_then_video",
-            "prompt_token_ids": ids(chat(IMAGE + "then" + VIDEO + q)),
-            "images": [[64, 200, 3]],
-            "videos": [{**video, "timestamps": None}],
-        },
-        {
-            "name": "image_then_frames",
-            "prompt_token_ids": ids(chat(IMAGE + "then" + IMAGE * 3 + q)),
-            "images": [[64, 200, 3], *frames],
-        },
-    ]
-    path = tmp_path_factory.mktemp("video") / "cases.json"
-    path.write_text(json.dumps(cases))
-    return path
 
 
 def test_timestamp_format() -> None:

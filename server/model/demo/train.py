@@ -28,16 +28,12 @@ import argparse
 import hashlib
 import json
 import math
-import multiprocessing
 import shlex
 import subprocess
 import sys
 import tempfile
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -74,72 +70,6 @@ def load_builder(tok_dir: Path) -> PromptBuilder:
     return PromptBuilder(
         tokenizer, ImageProcessorConfig.from_dict(checkpoint.preprocessor_config())
     )
-
-
-def new_builder() -> PromptBuilder:
-    """The demo's prompt builder (its tokenizer files written to a scratch directory)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint.write_tokenizer(Path(tmp))
-        return load_builder(Path(tmp))
-
-
-def canvas_batch(
-    builder: PromptBuilder, seed: int, step: int, size: int
-) -> tuple[torch.Tensor, list[tuple[int, int]], torch.Tensor]:
-    """Stage-1 batch `step`: the patches, grids and token labels of `size` small canvases."""
-    samples = [canvas(seed, step * size + i) for i in range(size)]
-    labels = np.concatenate([token_labels(s, builder.cfg) for s in samples])
-    # Pictures only: the vision side needs no prompt.
-    batch = preprocess_images([s.images[0] for s in samples], builder.cfg)
-    grids = [(int(h), int(w)) for h, w in batch["image_grid_hws"]]
-    return batch["pixel_values"], grids, torch.from_numpy(labels).float()
-
-
-def task_batch(
-    builder: PromptBuilder, seed: int, step: int, size: int, tasks: tuple[str, ...]
-) -> list[Encoded]:
-    """Stage-2 batch `step`: `size` encoded draws of the tasks."""
-    return encode_draws(builder, [draw(seed, step * size + i, tasks) for i in range(size)])
-
-
-AHEAD = 4  # batches a worker process may have ready before the step that needs them
-_worker_builder: PromptBuilder | None = None
-
-
-def _start_worker() -> None:
-    global _worker_builder
-    torch.set_num_threads(1)
-    _worker_builder = new_builder()
-
-
-def _in_worker(make: Callable[..., Any], *args: Any) -> Any:
-    assert _worker_builder is not None
-    return make(_worker_builder, *args)
-
-
-def batches(
-    make: Callable[..., Any],
-    builder: PromptBuilder,
-    steps: int,
-    workers: int,
-    seed: int,
-    *rest: Any,
-) -> Iterator[Any]:
-    """make(builder, seed, step, *rest) for step = 0 .. steps-1, in order; with `workers` > 0
-    worker processes make them up to AHEAD steps before they are needed. A batch is a pure
-    function of (seed, step), so the batches are the same either way."""
-    if workers <= 0 or steps <= 0:
-        for step in range(steps):
-            yield make(builder, seed, step, *rest)
-        return
-    ctx = multiprocessing.get_context("spawn")  # no fork of a process with OpenMP threads
-    with ctx.Pool(workers, initializer=_start_worker) as pool:
-        pending: deque = deque()
-        for step in range(steps):
-            while len(pending) < AHEAD and step + len(pending) < steps:
-                at = step + len(pending)
-                pending.append(pool.apply_async(_in_worker, (make, seed, at, *rest)))
-            yield pending.popleft().get()
 
 
 def question_words(builder: PromptBuilder) -> dict[int, int]:
@@ -521,25 +451,19 @@ def pretrain_vision(
     opt = torch.optim.AdamW(params, lr=args.pretrain_lr, betas=(0.9, 0.98), weight_decay=0.01)
     bar = tqdm(range(args.vision_pretrain), desc="vision", file=sys.stdout, dynamic_ncols=True)
     ema = None
-    # Drawing a step's canvases took a third of the step (300 steps: 52 s with two torch
-    # threads). With a worker process drawing them ahead, the same steps took 37 s on one
-    # torch thread and 54 s on two (the worker and two threads share the two cores badly);
-    # on one thread without a worker, 51 s: the vision side's tensors are too small to gain
-    # from a second thread.
-    threads = torch.get_num_threads()
-    if args.pretrain_workers > 0:
-        torch.set_num_threads(1)
-    drawn = batches(
-        canvas_batch,
-        builder,
-        args.vision_pretrain,
-        args.pretrain_workers,
-        args.seed,
-        args.pretrain_batch,
-    )
-    for step, (pixels, grids, labels) in zip(bar, drawn, strict=True):
+    for step in bar:
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, args.vision_pretrain, args.pretrain_lr, 50)
+        samples = [
+            canvas(args.seed, step * args.pretrain_batch + i) for i in range(args.pretrain_batch)
+        ]
+        labels = torch.from_numpy(
+            np.concatenate([token_labels(s, builder.cfg) for s in samples])
+        ).float()
+        # Pictures only: the vision side needs no prompt.
+        batch = preprocess_images([s.images[0] for s in samples], builder.cfg)
+        pixels = batch["pixel_values"]
+        grids = [(int(h), int(w)) for h, w in batch["image_grid_hws"]]
         feats = model.multi_modal_projector(model.vision_tower(pixels, grids))
         loss = probe.what_loss(feats, labels) + probe.where_loss(feats, labels)
         loss = (loss + probe.centre_loss(feats, labels)) / len(labels)
@@ -550,7 +474,6 @@ def pretrain_vision(
         value = loss.item()
         ema = value if ema is None else 0.98 * ema + 0.02 * value
         bar.set_postfix(loss=f"{ema:.3f}")
-    torch.set_num_threads(threads)
 
 
 @torch.no_grad()
@@ -729,9 +652,12 @@ def train(args: argparse.Namespace) -> dict:
         lr = learning_rate(step, args.steps, args.lr, args.warmup)
         for group in opt.param_groups:
             group["lr"] = lr
+        draws = [
+            draw(args.seed, step * args.batch_size + i, subset) for i in range(args.batch_size)
+        ]
         loss, probe_loss, focus = train_step(
             model,
-            task_batch(builder, args.seed, step, args.batch_size, subset),
+            encode_draws(builder, draws),
             args.tokens_per_micro_batch,
             probe,
             args.probe_weight,
@@ -801,7 +727,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m server.model.demo.train", description=__doc__.splitlines()[0]
     )
     ap.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=1400)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--batch-size", type=int, default=8)
@@ -841,13 +767,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--pretrain-batch", type=int, default=64, help="canvases per stage-1 step")
     ap.add_argument("--pretrain-lr", type=float, default=2e-3)
-    ap.add_argument(
-        "--pretrain-workers",
-        type=int,
-        default=1,
-        help="stage 1: processes drawing the canvases ahead, torch then on one thread"
-        " (0: drawn in the step, on --threads)",
-    )
     ap.add_argument(
         "--detach-vision",
         type=int,

@@ -86,8 +86,8 @@ def test_ctrl_c_then_rerun_answers_each_request_once(tmp_path: Path) -> None:
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) mid-run: the runner
     stops with status 130 and whole lines only; the same command then does just the rest."""
     source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    total = 150
-    source.write_text("".join(line(f"r{i}", max_tokens=16) for i in range(total)))
+    total = 60
+    source.write_text("".join(line(f"r{i}", max_tokens=8) for i in range(total)))
     argv, env = command(tmp_path, "-i", str(source), "-o", str(out), "--concurrency", "4")
     log = tmp_path / "first.log"
     with open(log, "wb") as sink:

@@ -164,9 +164,12 @@ def test_sdk_cancel_mid_way(server: RunningServer) -> None:
     assert len(results(client, batch.output_file_id)) == done
 
 
+KILLED_BATCH = 80  # lines; the kill comes after 20 are done (about 3 a second)
+
+
 def test_a_batch_survives_kill_9(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """SIGKILL the whole server (engine included) while a 200-line batch runs; a new server on
-    the same state folder finishes it with each custom_id exactly once."""
+    """SIGKILL the whole server (engine included) while a batch of KILLED_BATCH lines runs; a new
+    server on the same state folder finishes it with each custom_id exactly once."""
     work = tmp_path_factory.mktemp("crash")
     lines = [
         {
@@ -175,7 +178,7 @@ def test_a_batch_survives_kill_9(tmp_path_factory: pytest.TempPathFactory) -> No
             "url": "/v1/chat/completions",
             "body": {"messages": [{"role": "user", "content": f"n{i}"}], "max_tokens": 2},
         }
-        for i in range(200)
+        for i in range(KILLED_BATCH)
     ]
     data = "".join(json.dumps(x) + "\n" for x in lines).encode()
     with running_server(work) as first:
@@ -193,7 +196,7 @@ def test_a_batch_survives_kill_9(tmp_path_factory: pytest.TempPathFactory) -> No
             assert time.monotonic() < deadline, batch
             assert batch.status in ("validating", "in_progress"), batch
             time.sleep(0.1)
-        assert batch.request_counts.completed < 200, "finished before the crash"
+        assert batch.request_counts.completed < KILLED_BATCH, "finished before the crash"
         os.killpg(first.pid, signal.SIGKILL)  # no drain, no shutdown: a crash
     with running_server(work) as second:
         client = openai.OpenAI(base_url=second.v1, api_key="unused", max_retries=0, timeout=60)
@@ -202,8 +205,9 @@ def test_a_batch_survives_kill_9(tmp_path_factory: pytest.TempPathFactory) -> No
             assert time.monotonic() < deadline, batch
             time.sleep(0.5)
             batch = client.batches.retrieve(batch.id)
-        assert batch.request_counts is not None and batch.request_counts.completed == 200
+        assert batch.request_counts is not None
+        assert batch.request_counts.completed == KILLED_BATCH
         assert batch.output_file_id is not None
         text = client.files.content(batch.output_file_id).text
         ids = [json.loads(x)["custom_id"] for x in text.splitlines()]
-        assert len(ids) == 200 and set(ids) == {f"c{i}" for i in range(200)}
+        assert len(ids) == KILLED_BATCH and set(ids) == {f"c{i}" for i in range(KILLED_BATCH)}

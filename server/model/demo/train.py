@@ -2,7 +2,8 @@
 
 `python -m server.model.demo.train --out DIR [--steps N] [--seed S] [--threads T]`
 
-Deterministic for a seed (and thread count): weights start from torch.manual_seed(seed), and
+Deterministic for a seed (and thread count) on one machine (another day's rerun of the shipped
+recipe gave slightly different weights): weights start from torch.manual_seed(seed), and
 training draw i of the run is a pure function of (seed, i). Two stages. Stage 1
 (`--vision-pretrain` steps): the vision tower and projector alone learn each token's colour and
 shape on small canvases (`pretrain_vision`). Stage 2 (`--steps`): each step draws `--batch-size`

@@ -1,7 +1,8 @@
 """`--data-parallel-size 2` on the real server (vLLM's DP: two engine processes, one core each,
 behind one front end): requests spread over both engines (`/metrics` counts them per `engine`
-label), seeded outputs equal those of the shared one-engine server, and `/ready` turns 503 once one of the two
-engines is dead, until the server's supervisor has restarted the engine (both again)."""
+label), seeded outputs equal those of the shared one-engine server (the same tiny checkpoint),
+and `/ready` turns 503 once one of the two engines is dead, until the server's supervisor has
+restarted the engine (both again)."""
 
 from __future__ import annotations
 

@@ -160,14 +160,18 @@ class RunningServer:
     def v1(self) -> str:
         return self.base_url + "/v1"
 
-    def metric(self, name: str) -> float:
-        """Sum of a metric's samples in /metrics (all label sets)."""
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a metric's samples in /metrics: all label sets, or those with `labels`. A
+        labelled sample not exported yet counts 0; an unknown metric name is a KeyError."""
         text = httpx.get(self.base_url + "/metrics", timeout=10).text
+        wanted = [f'{key}="{value}"' for key, value in labels.items()]
         total, seen = 0.0, False
         for line in text.splitlines():
             if line.startswith(name + "{") or line.startswith(name + " "):
-                total += float(line.rsplit(" ", 1)[1])
                 seen = True
+                label_set = line[len(name) : line.rfind(" ")]
+                if all(pair in label_set for pair in wanted):
+                    total += float(line.rsplit(" ", 1)[1])
         if not seen:
             raise KeyError(f"{name} not in /metrics")
         return total

@@ -18,6 +18,7 @@ import asyncio
 import io
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -26,8 +27,11 @@ from typing import Any
 
 from tqdm import tqdm
 
+from server.engine.contract import EngineDeadError
+
 PROG = "kimi-vl-batch"
 QUEUE_FACTOR = 4  # requests in flight per engine sequence slot (default --concurrency)
+INTERRUPTED = 130  # exit status after Ctrl-C, as shells report a SIGINT death
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -91,9 +95,10 @@ async def run(args: argparse.Namespace, settings_argv: list[str]) -> int:
     engine = VLLMEngine(settings)
     app = create_app(settings, engine)
     services = batch_services(app.state.chat, app.state.completions, app.state.responses)
-    await engine.start()
+    interrupt = Interrupt(asyncio.current_task())
     failed = 0
     try:
+        await engine.start()
         # More in flight than the engine runs: the next requests are prepared (template,
         # images decoded) and queued while the engine works, so it never waits for them.
         concurrency = args.concurrency or QUEUE_FACTOR * engine.model_info.max_num_seqs
@@ -114,6 +119,8 @@ async def run(args: argparse.Namespace, settings_argv: list[str]) -> int:
                             request_id, line["custom_id"], 200, answer.model_dump(exclude_none=True)
                         )
                     except APIError as exc:
+                        if interrupt.received:  # the engine may be dying of the same Ctrl-C
+                            raise asyncio.CancelledError from exc
                         failed += 1
                         body = exc.envelope().model_dump()
                         result = result_line(request_id, line["custom_id"], exc.status_code, body)
@@ -129,26 +136,71 @@ async def run(args: argparse.Namespace, settings_argv: list[str]) -> int:
             f"{PROG}: {len(todo)} requests in {took:.1f} s ({len(todo) / took:.2f} req/s), "
             f"{failed} failed; {len(done)} were done before; output {args.output}\n"
         )
+    except (asyncio.CancelledError, EngineDeadError):
+        # A terminal's Ctrl-C reaches the engine's processes too: they may die of it before
+        # the cancellation gets here, so an engine death after a SIGINT is the interruption.
+        if not interrupt.received:
+            raise
+        interrupt.swallow()
+        return INTERRUPTED
     finally:
-        await engine.stop()
+        try:
+            await engine.stop()
+        finally:
+            interrupt.restore()
     return 0
+
+
+class Interrupt:
+    """SIGINT while `task` runs: the first cancels it (the run stops between whole output
+    lines), a second raises KeyboardInterrupt at once. The flag is set by the signal handler
+    itself, before any other Python code of this thread runs."""
+
+    def __init__(self, task: asyncio.Task[Any] | None) -> None:
+        self.received = False
+        self._task = task
+        self._loop = asyncio.get_running_loop()
+        self._cancel: asyncio.Handle | None = None
+        self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum: int, frame: object) -> None:
+        if self.received:
+            raise KeyboardInterrupt
+        self.received = True
+        if self._task is not None:
+            self._cancel = self._loop.call_soon_threadsafe(self._task.cancel)
+
+    def swallow(self) -> None:
+        """The interruption was handled: the task runs on normally (its clean-up awaits), and a
+        cancellation not delivered yet never is."""
+        if self._cancel is not None:
+            self._cancel.cancel()
+        if self._task is not None and self._task.cancelling():
+            self._task.uncancel()
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGINT, self._previous)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args, rest = parse_args(argv)
     from server.errors import APIError
 
+    resume = (
+        f"the finished requests are in {args.output}: run the same command again to do the rest"
+    )
     try:
         status = asyncio.run(run(args, rest))
     except APIError as exc:  # a bad input line, a bad file
         sys.stderr.write(f"{PROG}: {args.input}: {exc.message}\n")
         status = 2
-    except KeyboardInterrupt:
-        sys.stderr.write(
-            f"\n{PROG}: interrupted; the finished requests are in {args.output}: run the same "
-            "command again to do the rest\n"
-        )
-        status = 130
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C before or after the run
+        status = INTERRUPTED
+    except EngineDeadError as exc:
+        sys.stderr.write(f"\n{PROG}: {exc}; {resume}\n")
+        status = 1
+    if status == INTERRUPTED:
+        sys.stderr.write(f"\n{PROG}: interrupted; {resume}\n")
     raise SystemExit(status)
 
 

@@ -397,3 +397,15 @@ def test_count_focus_loss_is_least_when_the_sink_holds_its_weighted_share(
         for w in COUNT_SINK_WEIGHTS
     )
     assert best == pytest.approx(entropy, abs=1e-4)
+
+
+def test_stage_one_pictures_are_task_pictures_drawn_from_their_own_seeds() -> None:
+    from server.model.demo.data import PICTURE_TASKS, picture
+
+    a, again = picture(0, 5), picture(0, 5)
+    assert a.task in PICTURE_TASKS and not a.is_video and len(a.images) == 1
+    assert a.question == again.question
+    assert np.array_equal(np.asarray(a.images[0]), np.asarray(again.images[0]))
+    drawn = [picture(0, i) for i in range(60)]
+    assert {s.task for s in drawn} == set(PICTURE_TASKS)
+    assert len({(s.question, s.images[0].size) for s in drawn}) == len(drawn)

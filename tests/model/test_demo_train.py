@@ -20,7 +20,8 @@ from server.model.demo.train import load_builder, parse_args, sha256, train
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = ["--steps", "14", "--batch-size", "8", "--warmup", "2", "--lr", "3e-3",
-         "--vision-pretrain", "20", "--pretrain-batch", "8"]  # fmt: skip
+         "--vision-pretrain", "20", "--pretrain-batch", "8",
+         "--vision-pictures", "6", "--picture-batch", "4"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +73,7 @@ def test_training_is_deterministic_for_a_seed(tmp_path: Path) -> None:
         out = tmp_path / name
         train(parse_args(["--out", str(out), "--steps", "2", "--batch-size", "4", "--threads", "1",
                           "--vision-pretrain", "2", "--pretrain-batch", "4",
+                          "--vision-pictures", "2", "--picture-batch", "2",
                           "--eval-every", "0", "--final-n", "1"]))  # fmt: skip
         return out
 

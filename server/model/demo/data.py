@@ -189,6 +189,18 @@ def canvas(run_seed: int, index: int) -> Sample:
     return Sample("canvas", "", "", "", [image], scenes=[shapes])
 
 
+# The tasks whose pictures the vision tower's last stage sees (count's twice as often).
+PICTURE_TASKS = ("count", "count", "color", "shape", "position")
+
+
+def picture(run_seed: int, index: int) -> Sample:
+    """A task picture for the vision tower's last stage (no question asked): one of
+    PICTURE_TASKS' samples, from a seed stream of its own (even seeds: never held-out)."""
+    rng = np.random.default_rng([run_seed, index, 13])
+    task = PICTURE_TASKS[int(rng.integers(len(PICTURE_TASKS)))]
+    return make_sample(task, 2 * int(rng.integers(2**61)))
+
+
 def token_labels(sample: Sample, cfg: ImageProcessorConfig) -> np.ndarray:
     """[tokens, 7] float labels of the sample's merged image tokens, in prompt order: class
     (`token_class`), shape centre in the token (0/1), x and y as fractions of the image (of

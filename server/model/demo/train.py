@@ -783,7 +783,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--vision-pictures",
         type=int,
-        default=1000,
+        default=500,
         help="stage 1, then: steps on task pictures for the vision side alone (0: none)",
     )
     ap.add_argument("--picture-batch", type=int, default=16, help="pictures per such step")

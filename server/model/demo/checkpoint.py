@@ -41,7 +41,7 @@ VISION_DIMS = {
     "hidden_size": 96,
     "num_attention_heads": 3,
     "intermediate_size": 192,
-    "num_hidden_layers": 3,
+    "num_hidden_layers": 5,
 }
 TEXT_DIMS = {
     "hidden_size": 128,

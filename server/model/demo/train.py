@@ -300,8 +300,8 @@ def attention_loss(
     """Summed over the first masks.shape[1] heads of `attn` (its captured q and k) at the K
     positions (rows, cols): -log(attention weight on the masked positions) [K, heads, L], or
     where `uniform` [K] is set, the cross-entropy of the attention against an even spread
-    over them (or in proportion to `share` [K, L], a token holding two shapes' centres
-    counting twice), in which position `sink` [K] counts COUNT_SINK_WEIGHTS[head] times."""
+    over them (or in proportion to `share` [K, L]: the count's shapes' centres per token),
+    in which position `sink` [K] counts COUNT_SINK_WEIGHTS[head] times."""
     total = torch.zeros(())
     if rows.numel() == 0:
         return total

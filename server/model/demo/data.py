@@ -55,10 +55,10 @@ def split_token_class(cls: Any) -> tuple[Any, Any]:
 TASK_WEIGHTS: dict[str, float] = {
     "color": 0.8,
     "shape": 1.0,
-    "count": 2.4,
-    "position": 1.3,
+    "count": 1.6,
+    "position": 1.5,
     "multi_image": 1.2,
-    "motion": 1.2,
+    "motion": 1.5,
     "color_change": 0.6,
 }
 THINKING_FRACTION = 0.15

@@ -14,8 +14,8 @@ most `--tokens-per-micro-batch` padded tokens. The loss is cross-entropy on the 
 (and their `<|im_end|>`), plus two training-only signals that make a model this small learn
 in minutes instead of hours: per-token probes on the image features (colour, shape, centre,
 position, image/frame index) and a focus loss that teaches two attention heads to look at the
-image tokens each question is about (and, for the count, to spread evenly over one token per
-shape and one fixed token) and two heads of the layer below to read the question's colour and
+image tokens each question is about (and, for the count, to spread one share per shape over
+the tokens around its centre, plus a share on one fixed token) and two heads of the layer below to read the question's colour and
 shape words that this look needs. The position table of the vision tower starts with x and y
 waves (model.position_init). AdamW with warm-up and cosine decay; after every step the
 MoE routers' correction biases move towards balanced expert load. The checkpoint is written to
@@ -159,8 +159,8 @@ class TokenProbe(nn.Module):
         return (where * torch.where(labels[:, 0] > 0, WHERE_SHAPE, WHERE_BACKGROUND)).sum()
 
     def centre_loss(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Summed binary cross-entropy of whether a shape's centre is in each token: the
-        tokens the count's focus head looks at, one per shape."""
+        """Summed binary cross-entropy of each token's share of the shapes' centres (soft
+        targets, data._centre_share): where the count's focus heads look, one share per shape."""
         return F.binary_cross_entropy_with_logits(
             self.centre(feats.float())[:, 0], labels[:, 1].clamp(max=1), reduction="sum"
         )

@@ -203,15 +203,14 @@ def picture(run_seed: int, index: int) -> Sample:
 
 def token_labels(sample: Sample, cfg: ImageProcessorConfig) -> np.ndarray:
     """[tokens, 7] float labels of the sample's merged image tokens, in prompt order: class
-    (`token_class`), the shapes' centres in the token (`_centre_share`: each shape's centre
-    split over the tokens around it, summing to one per shape), x and y as fractions of the image (of
-    the shape's centre on a shape's tokens, of the token's own centre elsewhere: where a shape
-    is, which the position and motion questions ask, on every token an attention head reads
-    for them), the index of the image or frame, the number of shapes in that image or frame
-    (every token), and the token's side (SIDE_LEFT / SIDE_RIGHT: its shape is left or right of
-    the other one in a picture of two shapes clearly apart, as the position question asks;
-    0 otherwise). A token's class is the shape whose box covers most of it (at least a fifth of
-    the token or of the shape)."""
+    (`token_class`), the shapes' centres in the token (`_centre_share`: each shape's centre split
+    over the tokens around it, summing to one per shape), x and y as fractions of the image (of the
+    shape's centre on a shape's tokens, of the token's own centre elsewhere: where a shape is, which
+    the position and motion questions ask, on every token an attention head reads for them), the
+    index of the image or frame, the number of shapes in that image or frame (every token), and the
+    token's side (SIDE_LEFT / SIDE_RIGHT: its shape is left or right of the other one in a picture
+    of two shapes clearly apart, as the position question asks; 0 otherwise). A token's class is the
+    shape whose box covers most of it (at least a fifth of the token or of the shape)."""
     out = []
     kh, kw = cfg.merge_kernel_size
     cell_h, cell_w = kh * cfg.patch_size, kw * cfg.patch_size
@@ -242,9 +241,7 @@ def token_labels(sample: Sample, cfg: ImageProcessorConfig) -> np.ndarray:
             side = np.where(take, s_side, side)
             fx = np.where(take, s.cx / image.width, fx)
             fy = np.where(take, (s.y + s.size / 2) / image.height, fy)
-            centre += _centre_share(
-                (s.x + s.size / 2) * sx / cell_w, (s.y + s.size / 2) * sy / cell_h, rows, cols
-            )
+            centre += _centre_share(s.cx * sx / cell_w, s.cy * sy / cell_h, rows, cols)
         idx = np.full((rows, cols), float(index))
         count = np.full((rows, cols), float(len(scene)))
         columns = (cls, centre, fx, fy, idx, count, side)
@@ -347,8 +344,9 @@ def counts_with_sink(question: str) -> bool:
     around it, by their `_centre_share`) plus a share on one token before the picture (the
     `<|media_content|>` that opens it), not a look at the shapes alone: an attention average
     over the shapes is the same for one shape or six, while the share left on a fixed token,
-    w/(w + n) with w from COUNT_SINK_WEIGHTS, says how many there are. With w = 1 the shares for 5 and 6 shapes differ by 0.024; head 1's w = 6 spreads
-    the large counts apart (0.045) where most answers went wrong (6 read as 5)."""
+    w/(w + n) with w from COUNT_SINK_WEIGHTS, says how many there are. With w = 1 the
+    shares for 5 and 6 shapes differ by 0.024; head 1's w = 6 spreads the large counts apart
+    (0.045) where most answers went wrong (6 read as 5)."""
     return question == QUESTIONS["count"]
 
 

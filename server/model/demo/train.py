@@ -15,12 +15,13 @@ most `--tokens-per-micro-batch` padded tokens. The loss is cross-entropy on the 
 in minutes instead of hours: per-token probes on the image features (colour, shape, centre,
 position, image/frame index) and a focus loss that teaches two attention heads to look at the
 image tokens each question is about (and, for the count, to spread one share per shape over
-the tokens around its centre, plus a share on one fixed token) and two heads of the layer below to read the question's colour and
-shape words that this look needs. The position table of the vision tower starts with x and y
-waves (model.position_init). AdamW with warm-up and cosine decay; after every step the
-MoE routers' correction biases move towards balanced expert load. The checkpoint is written to
-DIR with a manifest.json holding sha256 of every file, the command, seed, steps, wall time and
-the held-out accuracy per task of the exported (bf16) weights.
+the tokens around its centre, plus a share on one fixed token) and two heads of the layer
+below to read the question's colour and shape words that this look needs. The position
+table of the vision tower starts with x and y waves (model.position_init). AdamW with
+warm-up and cosine decay; after every step the MoE routers' correction biases move towards
+balanced expert load. The checkpoint is written to DIR with a manifest.json holding sha256
+of every file, the command, seed, steps, wall time and the held-out accuracy per task of the
+exported (bf16) weights.
 """
 
 from __future__ import annotations

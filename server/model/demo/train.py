@@ -137,7 +137,6 @@ class TokenProbe(nn.Module):
         self.color = nn.Linear(hidden, len(COLORS) + 1)
         self.shape = nn.Linear(hidden, len(SHAPES))
         self.centre = nn.Linear(hidden, 1)
-        self.tally = nn.Linear(hidden, 1)
         self.where = nn.Linear(hidden, 2)
         self.count = nn.Linear(hidden, MAX_SHAPES + 1)
         self.side = nn.Linear(hidden, 2)
@@ -167,23 +166,6 @@ class TokenProbe(nn.Module):
             self.centre(feats.float())[:, 0], labels[:, 1].clamp(max=1), reduction="sum"
         )
 
-    def tally_loss(
-        self, feats: torch.Tensor, labels: torch.Tensor, sizes: list[int]
-    ) -> torch.Tensor:
-        """Summed over the images (or frames), `sizes` tokens each: the squared error of the log of how
-        many shapes the image has, read as log(sum of exp(tally)) over its tokens. This is the
-        count's readout (an attention share left on a sink) done on the features, and what it
-        needs of them: the shapes add up to their number to within a few per cent, each one
-        once, wherever its centre falls. The centre probe alone left them at sd 0.27 in
-        log(count) (round-trips of a fitted read on 300 held-out pictures: 0.58 right)."""
-        tally = self.tally(feats.float())[:, 0]
-        total = feats.new_zeros((), dtype=torch.float32)
-        for logits, image in zip(tally.split(sizes), labels.split(sizes), strict=True):
-            n = float(image[0, 5])
-            if n > 0:
-                total = total + (logits.logsumexp(0) - math.log(n)).pow(2)
-        return total
-
     def loss(
         self, feats: torch.Tensor, mid: torch.Tensor | None, labels: torch.Tensor
     ) -> torch.Tensor:
@@ -199,7 +181,6 @@ class TokenProbe(nn.Module):
         return total + F.cross_entropy(self.order(mid.float()), order, reduction="sum")
 
 
-TALLY_WEIGHT = 1.0  # of the tally loss per image, against the probes' mean loss per token
 VALUE_WIDTHS = (2, len(COLORS), len(SHAPES), MAX_MEDIA_INDEX + 1, MAX_SHAPES + 1)
 
 
@@ -280,12 +261,6 @@ def shortcut_loss(model: KimiVL, tb: TrainBatch) -> torch.Tensor:
     return F.cross_entropy(logits, tb.focus_targets, reduction="sum")
 
 
-def image_sizes(model: KimiVL, grids: list[tuple[int, int]]) -> list[int]:
-    """How many merged tokens each image (or frame) of `grids` has."""
-    kh, kw = model.vision_tower.merge
-    return [(h // kh) * (w // kw) for h, w in grids]
-
-
 def _masked_ce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     if not bool(mask.any()):
         return logits.new_zeros(())
@@ -359,37 +334,15 @@ def focus_loss(model: KimiVL, tb: TrainBatch) -> torch.Tensor:
     looks = layers[FOCUS_LAYER].self_attn
     asks = layers[ASK_LAYER].self_attn
     assert isinstance(looks, MLA) and isinstance(asks, MLA)
-    return (
-        attention_loss(
-            looks,
-            tb.focus_rows,
-            tb.focus_cols,
-            tb.focus,
-            tb.focus_uniform,
-            tb.focus_sink,
-            tb.focus_share,
-        )
-        + attention_loss(asks, tb.ask_rows, tb.ask_cols, tb.ask)
-        + sink_ratio_loss(looks, tb)
-    )
-
-
-def sink_ratio_loss(attn: MLA, tb: TrainBatch) -> torch.Tensor:
-    """Summed over the count's answers and the focus heads of `attn`: the squared error of
-    log(attention off the sink / attention on it) against log(n / w), w from
-    COUNT_SINK_WEIGHTS: what the count reads. The focus loss's cross-entropy against the even
-    spread barely minds a common error in the shapes' weights against the sink's (a tenth of a
-    nat per 0.5 of log-ratio for 5 shapes), yet telling 5 shapes from 6 needs it within 0.09."""
-    sel = tb.focus_uniform
-    if not bool(sel.any()):
-        return torch.zeros(())
-    logp = attention_logp(attn, tb.focus_rows[sel], tb.focus_cols[sel], FOCUS_HEADS)
-    sink = tb.focus_sink[sel][:, None, None].expand(-1, FOCUS_HEADS, 1)
-    on = logp.gather(2, sink)[..., 0]  # [K, heads]
-    off = torch.log1p(-on.exp().clamp(max=1 - 1e-6))
-    n = tb.focus_values[sel][:, 0, 5].float()
-    want = torch.log(n[:, None] / torch.tensor(COUNT_SINK_WEIGHTS))
-    return (off - on - want).pow(2).sum()
+    return attention_loss(
+        looks,
+        tb.focus_rows,
+        tb.focus_cols,
+        tb.focus,
+        tb.focus_uniform,
+        tb.focus_sink,
+        tb.focus_share,
+    ) + attention_loss(asks, tb.ask_rows, tb.ask_cols, tb.ask)
 
 
 def train_step(
@@ -417,7 +370,6 @@ def train_step(
     answers = sum(len(e.focus) for e in items)
     total = sum(len(e.target_ids) if e.target_mask is None else sum(e.target_mask) for e in items)
     image_tokens = sum(len(e.labels) for e in items if e.labels is not None)
-    images = sum(len(e.grids) for e in items if e.labels is not None)
     loss_sum = probe_sum = focus_sum = 0.0
     for chunk in micro_batches(items, budget):
         tb = collate(chunk, 0, model.media_pad_id, words, turn_id)
@@ -444,11 +396,7 @@ def train_step(
         if probe is not None and feats is not None and mid is not None:
             if tb.token_labels is not None:
                 aux = probe.loss(feats, mid, tb.token_labels)
-                sizes = image_sizes(model, tb.batch.grids)
-                tally = probe.tally_loss(feats, tb.token_labels, sizes) / max(1, images)
-                objective = objective + probe_weight * (
-                    aux / max(1, image_tokens) + TALLY_WEIGHT * tally
-                )
+                objective = objective + probe_weight * aux / max(1, image_tokens)
                 probe_sum += float(aux.detach())
         objective.backward()
         loss_sum += float(loss.detach())
@@ -486,27 +434,6 @@ def shape_accuracy(
     return right / max(1, total)
 
 
-@torch.no_grad()
-def tally_accuracy(
-    model: KimiVL, probe: TokenProbe, builder: PromptBuilder, samples: list[Sample]
-) -> float:
-    """How often the tally (TokenProbe.tally_loss) of a count sample's picture is nearest, in
-    log, to its number of shapes."""
-    was_training = model.training
-    model.eval()
-    counts = [s for s in samples if s.task == "count"]
-    right = 0
-    for sample in counts:
-        batch = preprocess_images(sample.images, builder.cfg)
-        grids = [(int(h), int(w)) for h, w in batch["image_grid_hws"]]
-        feats = model.multi_modal_projector(model.vision_tower(batch["pixel_values"], grids))
-        read = probe.tally(feats.float())[:, 0].logsumexp(0)
-        guess = min(range(1, MAX_SHAPES + 1), key=lambda n: abs(float(read) - math.log(n)))
-        right += guess == int(sample.answer)
-    model.train(was_training)
-    return right / max(1, len(counts))
-
-
 def pretrain_vision(
     model: KimiVL, probe: TokenProbe, builder: PromptBuilder, args: argparse.Namespace
 ) -> None:
@@ -529,7 +456,6 @@ def pretrain_vision(
         *probe.shape.parameters(),
         *probe.where.parameters(),
         *probe.centre.parameters(),
-        *probe.tally.parameters(),
     ]
     stages = (
         ("vision", canvas, args.vision_pretrain, args.pretrain_batch, args.pretrain_lr, 50),
@@ -555,8 +481,6 @@ def pretrain_vision(
             feats = model.multi_modal_projector(model.vision_tower(pixels, grids))
             loss = probe.what_loss(feats, labels) + probe.where_loss(feats, labels)
             loss = (loss + probe.centre_loss(feats, labels)) / len(labels)
-            tally = probe.tally_loss(feats, labels, image_sizes(model, grids))
-            loss = loss + TALLY_WEIGHT * tally / len(samples)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
@@ -730,8 +654,7 @@ def train(args: argparse.Namespace) -> dict:
     pretrain_vision(model, probe, builder, args)
     if args.vision_pretrain:
         named = shape_accuracy(model, probe, builder, heldout_samples(6, EVAL_OFFSET + 1))
-        counted = tally_accuracy(model, probe, builder, heldout_samples(50, EVAL_OFFSET + 1))
-        print(f"vision: held-out shapes named right {named:.3f}, counted right {counted:.3f}")  # noqa: T201
+        print(f"vision: held-out shapes named right {named:.3f}")  # noqa: T201
     eval_samples = (
         [s for s in heldout_samples(args.eval_n, offset=EVAL_OFFSET) if s.task in subset]
         if args.eval_every

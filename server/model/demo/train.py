@@ -16,7 +16,11 @@ in minutes instead of hours: per-token probes on the image features (colour, sha
 position, image/frame index) and a focus loss that teaches two attention heads to look at the
 image tokens each question is about (and, for the count, to spread one share per shape over
 the tokens around its centre, plus a share on one fixed token) and two heads of the layer
-below to read the question's colour and shape words that this look needs. The position
+below to read the question's colour and shape words that this look needs. The decoder's
+losses reach the vision tower through the features of every sample not asked the count
+question (`--other-through`; the count's pictures keep the probe-trained features: letting
+them through too cost the count 0.03-0.05), and the count's focus heads keep the logits of
+the centre tokens near zero (`centring_loss`). The position
 table of the vision tower starts with x and y waves (model.position_init). AdamW with
 warm-up and cosine decay; after every step the MoE routers' correction biases move towards
 balanced expert load. The checkpoint is written to DIR with a manifest.json holding sha256
@@ -268,7 +272,11 @@ def _masked_ce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -
 
 
 def forward(
-    model: KimiVL, tb: TrainBatch, detach_vision: bool = False, early: bool = False
+    model: KimiVL,
+    tb: TrainBatch,
+    detach_vision: bool = False,
+    early: bool = False,
+    through: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, list[torch.Tensor]]:
     """Logits at the target positions, the image features, layer ORDER_LAYER's output at the
     image tokens (same order as the features), and the logits at the target positions read
@@ -277,6 +285,10 @@ def forward(
     learn from the probes alone)."""
     feats = model.image_features(tb.batch)
     into = None if feats is None else feats.detach() if detach_vision else feats
+    if feats is not None and detach_vision and through is not None:
+        # the decoder's losses reach these image tokens' features after all, scaled by `through`
+        # (per image token: --other-through or --count-through for its sample)
+        into = feats.detach() + (feats - feats.detach()) * through[:, None].to(feats.dtype)
     reads = EARLY_LAYERS if early else ()
     keep = (ORDER_LAYER, *reads)
     h, kept = model.decode_keeping(model.embed(tb.batch, into), keep)
@@ -345,6 +357,29 @@ def focus_loss(model: KimiVL, tb: TrainBatch) -> torch.Tensor:
     ) + attention_loss(asks, tb.ask_rows, tb.ask_cols, tb.ask)
 
 
+def centring_loss(model: KimiVL, tb: TrainBatch) -> torch.Tensor:
+    """Summed over the count's answers and the focus heads: the squared attention logit of
+    each image token, weighted by its share of the shapes' centres (per answer the shares sum
+    to one). The count is the ratio of the centres' summed attention to the sink's, and a
+    token's key is divided by the RMS of its own latent (kv_a_layernorm), which varies by
+    about a tenth between centre tokens: a centre logit far from zero turns that into the
+    same fraction of noise on the count, one near zero does not feel it."""
+    attn = model.language_model.model.layers[FOCUS_LAYER].self_attn
+    assert isinstance(attn, MLA) and attn.captured is not None
+    counted = tb.focus_uniform & (tb.focus_sink >= 0)
+    if not bool(counted.any()):
+        return torch.zeros(())
+    rows, cols = tb.focus_rows[counted], tb.focus_cols[counted]
+    q, k, _ = attn.captured
+    qs = q[rows, :FOCUS_HEADS, cols].float()  # [K, heads, D]
+    ks = k[rows, :FOCUS_HEADS].float()  # [K, heads, L, D]
+    logits = torch.einsum("khd,khld->khl", qs, ks) * qs.shape[-1] ** -0.5
+    share = tb.focus_share[counted].clone()
+    share[torch.arange(len(rows)), tb.focus_sink[counted]] = 0.0  # the image tokens only
+    share = share / share.sum(-1, keepdim=True).clamp(min=1e-6)
+    return (share[:, None, :] * logits.pow(2)).sum()
+
+
 def train_step(
     model: KimiVL,
     items: list[Encoded],
@@ -358,6 +393,9 @@ def train_step(
     early_weight: float = 0.0,
     value_weight: float = 0.0,
     shortcut_weight: float = 0.0,
+    count_through: float = 0.0,
+    other_through: float = 0.0,
+    centring_weight: float = 0.0,
 ) -> tuple[float, float, float]:
     """Accumulate gradients over micro-batches; returns (mean loss per target token, mean probe
     loss per image token, mean focus loss per answer)."""
@@ -365,7 +403,9 @@ def train_step(
     for i in (FOCUS_LAYER, ASK_LAYER):
         attn = model.language_model.model.layers[i].self_attn
         assert isinstance(attn, MLA)
-        attn.capture = focus_weight > 0 or value_weight > 0 or shortcut_weight > 0
+        attn.capture = (
+            focus_weight > 0 or value_weight > 0 or shortcut_weight > 0 or centring_weight > 0
+        )
         attns.append(attn)
     answers = sum(len(e.focus) for e in items)
     total = sum(len(e.target_ids) if e.target_mask is None else sum(e.target_mask) for e in items)
@@ -373,7 +413,20 @@ def train_step(
     loss_sum = probe_sum = focus_sum = 0.0
     for chunk in micro_batches(items, budget):
         tb = collate(chunk, 0, model.media_pad_id, words, turn_id)
-        logits, feats, mid, early = forward(model, tb, detach_vision, early_weight > 0)
+        through = None
+        if (count_through > 0 or other_through > 0) and any(len(e.grids) for e in chunk):
+            through = torch.from_numpy(
+                np.concatenate(
+                    [
+                        np.full(
+                            len(e.labels), count_through if any(e.focus_sink) else other_through
+                        )
+                        for e in chunk
+                        if e.labels is not None and len(e.grids)
+                    ]
+                )
+            ).float()
+        logits, feats, mid, early = forward(model, tb, detach_vision, early_weight > 0, through)
         loss = F.cross_entropy(logits, tb.targets, reduction="sum")
         objective = loss / total
         for read in early:
@@ -385,6 +438,9 @@ def train_step(
             focus = focus_loss(model, tb) / max(1, answers)
             objective = objective + focus_weight * focus
             focus_sum += float(focus.detach())
+        if centring_weight > 0:
+            centred = centring_loss(model, tb) / max(1, answers)
+            objective = objective + centring_weight * centred
         if value_weight > 0 and probe is not None:
             looks = model.language_model.model.layers[FOCUS_LAYER].self_attn
             assert isinstance(looks, MLA)
@@ -682,6 +738,9 @@ def train(args: argparse.Namespace) -> dict:
             early_weight=args.early_weight,
             value_weight=args.value_weight,
             shortcut_weight=args.shortcut_weight,
+            count_through=args.count_through,
+            other_through=args.other_through,
+            centring_weight=args.centring_weight,
         )
         torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
         opt.step()
@@ -794,6 +853,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=-1,
         help="the answer loss reaches the vision side only after this step (-1: never)",
+    )
+    ap.add_argument(
+        "--other-through",
+        type=float,
+        default=1.0,
+        help="scale of the decoder losses' gradient that reaches the vision side through the "
+        "features of samples not asked the count question, while --detach-vision holds the rest "
+        "back (0: none)",
+    )
+    ap.add_argument(
+        "--count-through",
+        type=float,
+        default=0.0,
+        help="the same for samples asked the count question (0: none)",
+    )
+    ap.add_argument(
+        "--centring-weight",
+        type=float,
+        default=0.05,
+        help="weight of the count's centre-logit penalty (centring_loss; 0: none)",
     )
     ap.add_argument(
         "--diagnose",

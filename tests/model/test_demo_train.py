@@ -15,7 +15,7 @@ import torch
 from server.model.checkpoint import check_model_dir
 from server.model.demo import checkpoint
 from server.model.demo.evaluate import heldout_samples, mean_loss
-from server.model.demo.model import KimiVL
+from server.model.demo.model import MLA, KimiVL
 from server.model.demo.train import load_builder, parse_args, sha256, train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,3 +99,81 @@ def test_export_loads_in_our_class_through_vllm(smoke: tuple[Path, dict], tmp_pa
     assert parity["prompt_ids_identical"] == 1.0
     assert parity["max_first_token_logprob_diff"] < 1e-3
     assert parity["answers_agree"] >= 6 / 7
+
+
+def _tiny_step_setup(task: str) -> tuple[KimiVL, list, int, dict[int, int], int]:
+    import tempfile
+
+    from server.model.demo.data import Draw, encode_draws
+    from server.model.demo.tasks import make_sample
+    from server.model.demo.train import question_words
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = checkpoint.write_tokenizer(Path(tmp))
+        builder = load_builder(Path(tmp))
+    torch.manual_seed(0)
+    model = KimiVL(checkpoint.demo_config(tok))
+    items = encode_draws(builder, [Draw(make_sample(task, 2 * 11), False, False)])
+    return model, items, model.media_pad_id, question_words(builder), builder.ids["<|im_user|>"]
+
+
+@pytest.mark.parametrize(
+    ("task", "count_through", "other_through", "reaches"),
+    [("count", 0.0, 1.0, False), ("color", 0.0, 1.0, True), ("count", 1.0, 0.0, True),
+     ("color", 0.0, 0.0, False)],
+)  # fmt: skip
+def test_decoder_losses_reach_the_vision_tower_only_where_let_through(
+    task: str, count_through: float, other_through: float, reaches: bool
+) -> None:
+    from server.model.demo.train import train_step
+
+    model, items, _, words, turn = _tiny_step_setup(task)
+    train_step(
+        model, items, 4096, focus_weight=1.0, detach_vision=True, words=words, turn_id=turn,
+        count_through=count_through, other_through=other_through,
+    )  # fmt: skip
+    vision = [p.grad for p in model.vision_tower.parameters()]
+    got = any(g is not None and bool(g.abs().sum() > 0) for g in vision)
+    assert got == reaches
+    attn = model.language_model.model.layers[0].self_attn
+    assert isinstance(attn, MLA)
+    decoder = attn.q_proj.weight.grad
+    assert decoder is not None and bool(decoder.abs().sum() > 0)
+
+
+def test_centring_loss_is_the_share_weighted_square_of_the_centre_logits() -> None:
+    from server.model.demo.data import collate
+    from server.model.demo.train import FOCUS_LAYER, centring_loss, forward
+
+    model, items, pad, words, turn = _tiny_step_setup("count")
+    attn = model.language_model.model.layers[FOCUS_LAYER].self_attn
+    assert isinstance(attn, MLA)
+    tb = collate(items, 0, pad, words, turn)
+    attn.capture = True
+    with torch.no_grad():
+        forward(model, tb)
+        got = float(centring_loss(model, tb))
+        assert attn.captured is not None
+        q, k, _ = attn.captured
+        row, col, sink = int(tb.focus_rows[0]), int(tb.focus_cols[0]), int(tb.focus_sink[0])
+        share = tb.focus_share[0].clone()
+        share[sink] = 0
+        assert share.sum() > 0 and tb.focus_uniform[0]
+        share = share / share.sum()
+        want = 0.0
+        for head in range(2):
+            logits = k[row, head] @ q[row, head, col] / q.shape[-1] ** 0.5
+            want += float((share * logits.pow(2)).sum())
+    attn.capture, attn.captured = False, None
+    assert got == pytest.approx(want, rel=1e-4)
+    assert want > 0
+
+    color, citems, *_ = _tiny_step_setup("color")
+    ctb = collate(citems, 0, pad, words, turn)
+    cattn = color.language_model.model.layers[FOCUS_LAYER].self_attn
+    assert isinstance(cattn, MLA)
+    cattn.capture = True
+    with torch.no_grad():
+        forward(color, ctb)
+        assert float(centring_loss(color, ctb)) == 0.0  # no count answer, nothing to centre
+    cattn.capture, cattn.captured = False, None

@@ -228,19 +228,27 @@ def focus_reads(attn: MLA, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tens
     return torch.einsum("khl,khld->khd", weights, v)
 
 
-def attention_logp(
+def attention_logits(
     attn: MLA, rows: torch.Tensor, cols: torch.Tensor, heads: int, *, detach: bool = False
 ) -> torch.Tensor:
-    """[K, heads, L] log attention weights of the first `heads` heads of `attn` (its captured
-    q and k) at the K positions (rows, cols), causal."""
+    """[K, heads, L] attention logits of the first `heads` heads of `attn` (its captured q and
+    k) at the K positions (rows, cols), before the causal mask."""
     assert attn.captured is not None
     q, k, _ = attn.captured
     qs = q[rows, :heads, cols].float()  # [K, heads, D]
     ks = k[rows, :heads].float()  # [K, heads, L, D]
     if detach:
         qs, ks = qs.detach(), ks.detach()
-    logits = torch.einsum("khd,khld->khl", qs, ks) * qs.shape[-1] ** -0.5
-    causal = torch.arange(k.shape[2])[None, :] <= cols[:, None]  # [K, L]
+    return torch.einsum("khd,khld->khl", qs, ks) * qs.shape[-1] ** -0.5
+
+
+def attention_logp(
+    attn: MLA, rows: torch.Tensor, cols: torch.Tensor, heads: int, *, detach: bool = False
+) -> torch.Tensor:
+    """[K, heads, L] log attention weights of the first `heads` heads of `attn` (its captured
+    q and k) at the K positions (rows, cols), causal."""
+    logits = attention_logits(attn, rows, cols, heads, detach=detach)
+    causal = torch.arange(logits.shape[-1])[None, :] <= cols[:, None]  # [K, L]
     return torch.log_softmax(logits.masked_fill(~causal[:, None], float("-inf")), dim=-1)
 
 
@@ -365,19 +373,32 @@ def centring_loss(model: KimiVL, tb: TrainBatch) -> torch.Tensor:
     about a tenth between centre tokens: a centre logit far from zero turns that into the
     same fraction of noise on the count, one near zero does not feel it."""
     attn = model.language_model.model.layers[FOCUS_LAYER].self_attn
-    assert isinstance(attn, MLA) and attn.captured is not None
+    assert isinstance(attn, MLA)
     counted = tb.focus_uniform & (tb.focus_sink >= 0)
     if not bool(counted.any()):
         return torch.zeros(())
     rows, cols = tb.focus_rows[counted], tb.focus_cols[counted]
-    q, k, _ = attn.captured
-    qs = q[rows, :FOCUS_HEADS, cols].float()  # [K, heads, D]
-    ks = k[rows, :FOCUS_HEADS].float()  # [K, heads, L, D]
-    logits = torch.einsum("khd,khld->khl", qs, ks) * qs.shape[-1] ** -0.5
+    logits = attention_logits(attn, rows, cols, FOCUS_HEADS)
     share = tb.focus_share[counted].clone()
     share[torch.arange(len(rows)), tb.focus_sink[counted]] = 0.0  # the image tokens only
     share = share / share.sum(-1, keepdim=True).clamp(min=1e-6)
     return (share[:, None, :] * logits.pow(2)).sum()
+
+
+def let_through(
+    items: list[Encoded], count_through: float, other_through: float
+) -> torch.Tensor | None:
+    """Per image token of `items` (feature order): the scale of the decoder losses' gradient
+    that reaches its feature, `count_through` where its sample is asked the count question,
+    else `other_through`; None when nothing gets through."""
+    scales = [
+        np.full(len(e.labels), count_through if any(e.focus_sink) else other_through)
+        for e in items
+        if e.labels is not None and len(e.grids)
+    ]
+    if not scales or (count_through <= 0 and other_through <= 0):
+        return None
+    return torch.from_numpy(np.concatenate(scales)).float()
 
 
 def train_step(
@@ -413,19 +434,7 @@ def train_step(
     loss_sum = probe_sum = focus_sum = 0.0
     for chunk in micro_batches(items, budget):
         tb = collate(chunk, 0, model.media_pad_id, words, turn_id)
-        through = None
-        if (count_through > 0 or other_through > 0) and any(len(e.grids) for e in chunk):
-            through = torch.from_numpy(
-                np.concatenate(
-                    [
-                        np.full(
-                            len(e.labels), count_through if any(e.focus_sink) else other_through
-                        )
-                        for e in chunk
-                        if e.labels is not None and len(e.grids)
-                    ]
-                )
-            ).float()
+        through = let_through(chunk, count_through, other_through)
         logits, feats, mid, early = forward(model, tb, detach_vision, early_weight > 0, through)
         loss = F.cross_entropy(logits, tb.targets, reduction="sum")
         objective = loss / total

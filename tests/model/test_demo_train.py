@@ -14,9 +14,22 @@ import torch
 
 from server.model.checkpoint import check_model_dir
 from server.model.demo import checkpoint
+from server.model.demo.data import FOCUS_HEADS, Draw, collate, encode_draws
 from server.model.demo.evaluate import heldout_samples, mean_loss
 from server.model.demo.model import MLA, KimiVL
-from server.model.demo.train import load_builder, parse_args, sha256, train
+from server.model.demo.prompt import Encoded, PromptBuilder
+from server.model.demo.tasks import make_sample
+from server.model.demo.train import (
+    FOCUS_LAYER,
+    centring_loss,
+    forward,
+    load_builder,
+    parse_args,
+    question_words,
+    sha256,
+    train,
+    train_step,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = ["--steps", "14", "--batch-size", "8", "--warmup", "2", "--lr", "3e-3",
@@ -101,20 +114,23 @@ def test_export_loads_in_our_class_through_vllm(smoke: tuple[Path, dict], tmp_pa
     assert parity["answers_agree"] >= 6 / 7
 
 
-def _tiny_step_setup(task: str) -> tuple[KimiVL, list, int, dict[int, int], int]:
-    import tempfile
+@pytest.fixture(scope="module")
+def demo_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, PromptBuilder]:
+    """The demo tokenizer (written once) and a prompt builder on it."""
+    tok_dir = tmp_path_factory.mktemp("demo-tok")
+    return checkpoint.write_tokenizer(tok_dir), load_builder(tok_dir)
 
-    from server.model.demo.data import Draw, encode_draws
-    from server.model.demo.tasks import make_sample
-    from server.model.demo.train import question_words
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tok = checkpoint.write_tokenizer(Path(tmp))
-        builder = load_builder(Path(tmp))
+def _model_and_batch(
+    demo_setup: tuple[dict, PromptBuilder], task: str
+) -> tuple[KimiVL, list[Encoded], dict[int, int], int]:
+    """A fresh seed-0 demo model and one held-out-style training encoding of `task` (no
+    follow-ups), with the question words and turn id the focus losses need."""
+    tok, builder = demo_setup
     torch.manual_seed(0)
     model = KimiVL(checkpoint.demo_config(tok))
     items = encode_draws(builder, [Draw(make_sample(task, 2 * 11), False, False)])
-    return model, items, model.media_pad_id, question_words(builder), builder.ids["<|im_user|>"]
+    return model, items, question_words(builder), builder.ids["<|im_user|>"]
 
 
 @pytest.mark.parametrize(
@@ -123,11 +139,13 @@ def _tiny_step_setup(task: str) -> tuple[KimiVL, list, int, dict[int, int], int]
      ("color", 0.0, 0.0, False)],
 )  # fmt: skip
 def test_decoder_losses_reach_the_vision_tower_only_where_let_through(
-    task: str, count_through: float, other_through: float, reaches: bool
+    demo_setup: tuple[dict, PromptBuilder],
+    task: str,
+    count_through: float,
+    other_through: float,
+    reaches: bool,
 ) -> None:
-    from server.model.demo.train import train_step
-
-    model, items, _, words, turn = _tiny_step_setup(task)
+    model, items, words, turn = _model_and_batch(demo_setup, task)
     train_step(
         model, items, 4096, focus_weight=1.0, detach_vision=True, words=words, turn_id=turn,
         count_through=count_through, other_through=other_through,
@@ -141,39 +159,40 @@ def test_decoder_losses_reach_the_vision_tower_only_where_let_through(
     assert decoder is not None and bool(decoder.abs().sum() > 0)
 
 
-def test_centring_loss_is_the_share_weighted_square_of_the_centre_logits() -> None:
-    from server.model.demo.data import collate
-    from server.model.demo.train import FOCUS_LAYER, centring_loss, forward
-
-    model, items, pad, words, turn = _tiny_step_setup("count")
+def _centring(demo_setup: tuple[dict, PromptBuilder], task: str) -> tuple[float, float]:
+    """centring_loss on one `task` encoding, and the same sum written out by hand from the
+    focus heads' captured q and k (0 where the question is not the count)."""
+    model, items, words, turn = _model_and_batch(demo_setup, task)
     attn = model.language_model.model.layers[FOCUS_LAYER].self_attn
     assert isinstance(attn, MLA)
-    tb = collate(items, 0, pad, words, turn)
+    tb = collate(items, 0, model.media_pad_id, words, turn)
     attn.capture = True
-    with torch.no_grad():
-        forward(model, tb)
-        got = float(centring_loss(model, tb))
-        assert attn.captured is not None
-        q, k, _ = attn.captured
-        row, col, sink = int(tb.focus_rows[0]), int(tb.focus_cols[0]), int(tb.focus_sink[0])
-        share = tb.focus_share[0].clone()
-        share[sink] = 0
-        assert share.sum() > 0 and tb.focus_uniform[0]
-        share = share / share.sum()
-        want = 0.0
-        for head in range(2):
-            logits = k[row, head] @ q[row, head, col] / q.shape[-1] ** 0.5
-            want += float((share * logits.pow(2)).sum())
-    attn.capture, attn.captured = False, None
-    assert got == pytest.approx(want, rel=1e-4)
-    assert want > 0
+    try:
+        with torch.no_grad():
+            forward(model, tb)
+            got = float(centring_loss(model, tb))
+            assert attn.captured is not None
+            q, k, _ = attn.captured
+            want = 0.0
+            for j in range(len(tb.focus_rows)):
+                if not (tb.focus_uniform[j] and tb.focus_sink[j] >= 0):
+                    continue
+                row, col = int(tb.focus_rows[j]), int(tb.focus_cols[j])
+                share = tb.focus_share[j].clone()
+                share[int(tb.focus_sink[j])] = 0
+                share = share / share.sum()
+                for head in range(FOCUS_HEADS):
+                    logits = k[row, head] @ q[row, head, col] / q.shape[-1] ** 0.5
+                    want += float((share * logits.pow(2)).sum())
+    finally:
+        attn.capture, attn.captured = False, None
+    return got, want
 
-    color, citems, *_ = _tiny_step_setup("color")
-    ctb = collate(citems, 0, pad, words, turn)
-    cattn = color.language_model.model.layers[FOCUS_LAYER].self_attn
-    assert isinstance(cattn, MLA)
-    cattn.capture = True
-    with torch.no_grad():
-        forward(color, ctb)
-        assert float(centring_loss(color, ctb)) == 0.0  # no count answer, nothing to centre
-    cattn.capture, cattn.captured = False, None
+
+def test_centring_loss_is_the_share_weighted_square_of_the_centre_logits(
+    demo_setup: tuple[dict, PromptBuilder],
+) -> None:
+    got, want = _centring(demo_setup, "count")
+    assert want > 0
+    assert got == pytest.approx(want, rel=1e-4)
+    assert _centring(demo_setup, "color") == (0.0, 0.0)  # no count answer, nothing to centre

@@ -145,6 +145,10 @@ class TokenProbe(nn.Module):
         self.count = nn.Linear(hidden, MAX_SHAPES + 1)
         self.side = nn.Linear(hidden, 2)
         self.order = nn.Linear(hidden, MAX_MEDIA_INDEX + 1)
+        # the count as one attention head would read it (see count_loss)
+        self.count_key = nn.Linear(hidden, COUNT_KEY_DIM, bias=False)
+        self.count_logit = nn.Linear(COUNT_KEY_DIM, 1, bias=False)
+        self.count_sink = nn.Parameter(torch.zeros(()))
 
     def what_loss(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Summed colour (or background) and shape cross-entropy of each token (shape only
@@ -170,6 +174,36 @@ class TokenProbe(nn.Module):
             self.centre(feats.float())[:, 0], labels[:, 1].clamp(max=1), reduction="sum"
         )
 
+    def count_loss(
+        self, feats: torch.Tensor, labels: torch.Tensor, grids: list[tuple[int, int]]
+    ) -> torch.Tensor:
+        """Summed over the images (and frames) with shapes: one attention head over the image's
+        tokens and a fixed sink, its logits a linear read of the RMS-normed key (as an MLA key
+        is read) of the token's features. Its attention should be spread like the count's
+        focus (each shape's centre share, one share on the sink: cross-entropy), and the
+        summed attention on the image against the sink's must be the number of shapes
+        (squared log error, COUNT_RATIO_SCALE). The count's focus heads read it in the same
+        way, and a per-token probe leaves the sum of many tokens' small errors to chance:
+        fitted on the features of a run without this loss, such a head counted 0.78 of
+        held-out pictures right."""
+        logits = self.count_logit(_rms(self.count_key(_rms(feats.float()))))[:, 0]
+        logits = logits - self.count_sink
+        total = logits.new_zeros(())
+        start = 0
+        for h, w in grids:
+            end = start + (h // 2) * (w // 2)
+            n = float(labels[start, 5]) if end > start else 0.0
+            if n > 0:
+                seg, share = logits[start:end], labels[start:end, 1]
+                every = torch.cat([seg.new_zeros(1), seg])
+                logp = every.log_softmax(-1)
+                want = torch.cat([share.new_ones(1), share]) / (1.0 + share.sum())
+                total = total - (want * logp).sum()
+                ratio = torch.logsumexp(seg, -1)  # the sink's logit is 0
+                total = total + COUNT_RATIO_SCALE * (ratio - math.log(n)).pow(2)
+            start = end
+        return total
+
     def loss(
         self, feats: torch.Tensor, mid: torch.Tensor | None, labels: torch.Tensor
     ) -> torch.Tensor:
@@ -186,6 +220,12 @@ class TokenProbe(nn.Module):
 
 
 VALUE_WIDTHS = (2, len(COLORS), len(SHAPES), MAX_MEDIA_INDEX + 1, MAX_SHAPES + 1)
+COUNT_KEY_DIM = 64
+COUNT_RATIO_SCALE = 4.0
+
+
+def _rms(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
 
 
 def value_loss(probe: TokenProbe, attn: MLA, tb: TrainBatch) -> torch.Tensor:
@@ -385,6 +425,31 @@ def centring_loss(model: KimiVL, tb: TrainBatch) -> torch.Tensor:
     return (share[:, None, :] * logits.pow(2)).sum()
 
 
+def ratio_loss(model: KimiVL, tb: TrainBatch) -> torch.Tensor:
+    """Summed over the count's answers and the focus heads: the squared log error of the count
+    the head's attention says, its summed attention on the image tokens against the sink's
+    (which should be n / COUNT_SINK_WEIGHTS[head] for n shapes). The focus loss's cross-entropy
+    also asks for that ratio, but weakly: a picture whose centres all get a fifth too much
+    attention costs it a few hundredths of a nat, and one such shift is half of the count's
+    error."""
+    attn = model.language_model.model.layers[FOCUS_LAYER].self_attn
+    assert isinstance(attn, MLA)
+    counted = tb.focus_uniform & (tb.focus_sink >= 0)
+    if not bool(counted.any()):
+        return torch.zeros(())
+    rows, cols, sink = tb.focus_rows[counted], tb.focus_cols[counted], tb.focus_sink[counted]
+    logp = attention_logp(attn, rows, cols, FOCUS_HEADS)  # [K, heads, L]
+    image = tb.focus[counted, 0].clone()
+    image[torch.arange(len(rows)), sink] = False
+    share = tb.focus_share[counted] * image
+    n = share.sum(-1)  # the shapes' centres: one per shape
+    on = torch.logsumexp(logp.masked_fill(~image[:, None], float("-inf")), dim=-1)
+    ratio = on - logp[torch.arange(len(rows)), :, sink]  # [K, heads]
+    weights = torch.tensor(COUNT_SINK_WEIGHTS[:FOCUS_HEADS])
+    want = n.log()[:, None] - weights.log()[None, :]
+    return (ratio - want).pow(2).sum()
+
+
 def let_through(
     items: list[Encoded], count_through: float, other_through: float
 ) -> torch.Tensor | None:
@@ -417,6 +482,8 @@ def train_step(
     count_through: float = 0.0,
     other_through: float = 0.0,
     centring_weight: float = 0.0,
+    ratio_weight: float = 0.0,
+    count_probe_weight: float = 0.0,
 ) -> tuple[float, float, float]:
     """Accumulate gradients over micro-batches; returns (mean loss per target token, mean probe
     loss per image token, mean focus loss per answer)."""
@@ -425,12 +492,17 @@ def train_step(
         attn = model.language_model.model.layers[i].self_attn
         assert isinstance(attn, MLA)
         attn.capture = (
-            focus_weight > 0 or value_weight > 0 or shortcut_weight > 0 or centring_weight > 0
+            focus_weight > 0
+            or value_weight > 0
+            or shortcut_weight > 0
+            or centring_weight > 0
+            or ratio_weight > 0
         )
         attns.append(attn)
     answers = sum(len(e.focus) for e in items)
     total = sum(len(e.target_ids) if e.target_mask is None else sum(e.target_mask) for e in items)
     image_tokens = sum(len(e.labels) for e in items if e.labels is not None)
+    images = sum(len(e.grids) for e in items if e.labels is not None)
     loss_sum = probe_sum = focus_sum = 0.0
     for chunk in micro_batches(items, budget):
         tb = collate(chunk, 0, model.media_pad_id, words, turn_id)
@@ -450,6 +522,9 @@ def train_step(
         if centring_weight > 0:
             centred = centring_loss(model, tb) / max(1, answers)
             objective = objective + centring_weight * centred
+        if ratio_weight > 0:
+            ratio = ratio_loss(model, tb) / max(1, answers)
+            objective = objective + ratio_weight * ratio
         if value_weight > 0 and probe is not None:
             looks = model.language_model.model.layers[FOCUS_LAYER].self_attn
             assert isinstance(looks, MLA)
@@ -463,6 +538,9 @@ def train_step(
                 aux = probe.loss(feats, mid, tb.token_labels)
                 objective = objective + probe_weight * aux / max(1, image_tokens)
                 probe_sum += float(aux.detach())
+                if count_probe_weight > 0:
+                    counted = probe.count_loss(feats, tb.token_labels, tb.batch.grids)
+                    objective = objective + count_probe_weight * counted / max(1, images)
         objective.backward()
         loss_sum += float(loss.detach())
     for attn in attns:
@@ -521,6 +599,9 @@ def pretrain_vision(
         *probe.shape.parameters(),
         *probe.where.parameters(),
         *probe.centre.parameters(),
+        *probe.count_key.parameters(),
+        *probe.count_logit.parameters(),
+        probe.count_sink,
     ]
     stages = (
         ("vision", canvas, args.vision_pretrain, args.pretrain_batch, args.pretrain_lr, 50),
@@ -546,6 +627,9 @@ def pretrain_vision(
             feats = model.multi_modal_projector(model.vision_tower(pixels, grids))
             loss = probe.what_loss(feats, labels) + probe.where_loss(feats, labels)
             loss = (loss + probe.centre_loss(feats, labels)) / len(labels)
+            if args.count_probe_weight > 0:
+                counted = probe.count_loss(feats, labels, grids) / len(grids)
+                loss = loss + args.count_probe_weight * counted
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
@@ -750,6 +834,8 @@ def train(args: argparse.Namespace) -> dict:
             count_through=args.count_through,
             other_through=args.other_through,
             centring_weight=args.centring_weight,
+            ratio_weight=args.ratio_weight,
+            count_probe_weight=args.count_probe_weight,
         )
         torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
         opt.step()
@@ -882,6 +968,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=0.05,
         help="weight of the count's centre-logit penalty (centring_loss; 0: none)",
+    )
+    ap.add_argument(
+        "--ratio-weight",
+        type=float,
+        default=1.0,
+        help="weight of the count's focus heads' squared log-ratio error (ratio_loss; 0: none)",
+    )
+    ap.add_argument(
+        "--count-probe-weight",
+        type=float,
+        default=1.0,
+        help="weight of the vision side's attention-shaped count probe (TokenProbe.count_loss; "
+        "0: none)",
     )
     ap.add_argument(
         "--diagnose",

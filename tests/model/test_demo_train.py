@@ -4,32 +4,46 @@ that the served class loads (through vLLM) and that agrees with the training imp
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from server.model.checkpoint import check_model_dir
 from server.model.demo import checkpoint
-from server.model.demo.data import FOCUS_HEADS, Draw, collate, encode_draws
+from server.model.demo.data import (
+    COUNT_SINK_WEIGHTS,
+    FOCUS_HEADS,
+    Draw,
+    collate,
+    encode_draws,
+    picture,
+    token_labels,
+)
 from server.model.demo.evaluate import heldout_samples, mean_loss
 from server.model.demo.model import MLA, KimiVL
 from server.model.demo.prompt import Encoded, PromptBuilder
 from server.model.demo.tasks import make_sample
 from server.model.demo.train import (
     FOCUS_LAYER,
+    TokenProbe,
     centring_loss,
     forward,
     load_builder,
     parse_args,
     question_words,
+    ratio_loss,
     sha256,
     train,
     train_step,
 )
+from server.model.image_processing import preprocess_images
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = ["--steps", "14", "--batch-size", "8", "--warmup", "2", "--lr", "3e-3",
@@ -159,9 +173,13 @@ def test_decoder_losses_reach_the_vision_tower_only_where_let_through(
     assert decoder is not None and bool(decoder.abs().sum() > 0)
 
 
-def _centring(demo_setup: tuple[dict, PromptBuilder], task: str) -> tuple[float, float]:
-    """centring_loss on one `task` encoding, and the same sum written out by hand from the
-    focus heads' captured q and k (0 where the question is not the count)."""
+def _by_hand(
+    demo_setup: tuple[dict, PromptBuilder], task: str, loss: Callable, per_head: Callable
+) -> tuple[float, float]:
+    """`loss`(model, batch) on one `task` encoding, and the same sum written out by hand:
+    `per_head`(logits, share, sink, col, head) over the focus heads of each count answer,
+    from the heads' captured q and k (0 where the question is not the count); `share` is
+    the answer's focus_share."""
     model, items, words, turn = _model_and_batch(demo_setup, task)
     attn = model.language_model.model.layers[FOCUS_LAYER].self_attn
     assert isinstance(attn, MLA)
@@ -170,29 +188,98 @@ def _centring(demo_setup: tuple[dict, PromptBuilder], task: str) -> tuple[float,
     try:
         with torch.no_grad():
             forward(model, tb)
-            got = float(centring_loss(model, tb))
+            got = float(loss(model, tb))
             assert attn.captured is not None
             q, k, _ = attn.captured
             want = 0.0
             for j in range(len(tb.focus_rows)):
                 if not (tb.focus_uniform[j] and tb.focus_sink[j] >= 0):
                     continue
-                row, col = int(tb.focus_rows[j]), int(tb.focus_cols[j])
-                share = tb.focus_share[j].clone()
-                share[int(tb.focus_sink[j])] = 0
-                share = share / share.sum()
+                row, col, sink = int(tb.focus_rows[j]), int(tb.focus_cols[j]), int(tb.focus_sink[j])
                 for head in range(FOCUS_HEADS):
                     logits = k[row, head] @ q[row, head, col] / q.shape[-1] ** 0.5
-                    want += float((share * logits.pow(2)).sum())
+                    want += per_head(logits, tb.focus_share[j], sink, col, head)
     finally:
         attn.capture, attn.captured = False, None
     return got, want
 
 
+def _centre_logits_squared(
+    logits: torch.Tensor, share: torch.Tensor, sink: int, col: int, head: int
+) -> float:
+    share = share.clone()
+    share[sink] = 0
+    return float((share / share.sum() * logits.pow(2)).sum())
+
+
+def _ratio_error_squared(
+    logits: torch.Tensor, share: torch.Tensor, sink: int, col: int, head: int
+) -> float:
+    weights = torch.softmax(logits[: col + 1], dim=-1)  # causal
+    centres = share[: col + 1].clone()
+    centres[sink] = 0
+    said = float(weights[centres > 0].sum() / weights[sink])  # in sink units
+    shapes = float(centres.sum())
+    return (math.log(said) - math.log(shapes / COUNT_SINK_WEIGHTS[head])) ** 2
+
+
 def test_centring_loss_is_the_share_weighted_square_of_the_centre_logits(
     demo_setup: tuple[dict, PromptBuilder],
 ) -> None:
-    got, want = _centring(demo_setup, "count")
+    got, want = _by_hand(demo_setup, "count", centring_loss, _centre_logits_squared)
     assert want > 0
     assert got == pytest.approx(want, rel=1e-4)
-    assert _centring(demo_setup, "color") == (0.0, 0.0)  # no count answer, nothing to centre
+    # no count answer, nothing to centre
+    assert _by_hand(demo_setup, "color", centring_loss, _centre_logits_squared) == (0.0, 0.0)
+
+
+def test_ratio_loss_is_the_squared_log_error_of_the_count_the_heads_attention_says(
+    demo_setup: tuple[dict, PromptBuilder],
+) -> None:
+    got, want = _by_hand(demo_setup, "count", ratio_loss, _ratio_error_squared)
+    assert want > 0
+    assert got == pytest.approx(want, rel=1e-4)
+    assert _by_hand(demo_setup, "color", ratio_loss, _ratio_error_squared) == (0.0, 0.0)
+
+
+def _count_probe_batch(
+    builder: PromptBuilder, seeds: range
+) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+    samples = [picture(0, i) for i in seeds]
+    batch = preprocess_images([s.images[0] for s in samples], builder.cfg)
+    grids = [(int(h), int(w)) for h, w in batch["image_grid_hws"]]
+    labels = torch.from_numpy(
+        np.concatenate([token_labels(s, builder.cfg) for s in samples])
+    ).float()
+    return batch["pixel_values"], labels, grids
+
+
+def test_count_probe_teaches_the_vision_tower_to_count_on_pictures_it_never_saw(
+    demo_setup: tuple[dict, PromptBuilder],
+) -> None:
+    """A few steps of the count probe alone (vision tower, projector and probe) lower its
+    loss on pictures it was not trained on."""
+    tok, builder = demo_setup
+    torch.manual_seed(0)
+    config = checkpoint.demo_config(tok)
+    model = KimiVL(config)
+    probe = TokenProbe(config["text_config"]["hidden_size"], config["text_config"]["v_head_dim"])
+    params = [*model.vision_tower.parameters(), *model.multi_modal_projector.parameters(),
+              *probe.parameters()]  # fmt: skip
+    opt = torch.optim.AdamW(params, lr=2e-3)
+    held = _count_probe_batch(builder, range(1000, 1016))
+
+    def held_out() -> float:
+        pixels, labels, grids = held
+        with torch.no_grad():
+            feats = model.multi_modal_projector(model.vision_tower(pixels, grids))
+            return float(probe.count_loss(feats, labels, grids)) / len(grids)
+
+    before = held_out()
+    for step in range(25):
+        pixels, labels, grids = _count_probe_batch(builder, range(8 * step, 8 * step + 8))
+        feats = model.multi_modal_projector(model.vision_tower(pixels, grids))
+        (probe.count_loss(feats, labels, grids) / len(grids)).backward()
+        opt.step()
+        opt.zero_grad()
+    assert held_out() < 0.7 * before

@@ -627,7 +627,7 @@ def pretrain_vision(
             feats = model.multi_modal_projector(model.vision_tower(pixels, grids))
             loss = probe.what_loss(feats, labels) + probe.where_loss(feats, labels)
             loss = (loss + probe.centre_loss(feats, labels)) / len(labels)
-            if args.count_probe_weight > 0:
+            if args.count_probe_weight > 0 and make is picture:  # see the docstring
                 counted = probe.count_loss(feats, labels, grids) / len(grids)
                 loss = loss + args.count_probe_weight * counted
             loss.backward()

@@ -223,23 +223,21 @@ def _ratio_error_squared(
     return (math.log(said) - math.log(shapes / COUNT_SINK_WEIGHTS[head])) ** 2
 
 
-def test_centring_loss_is_the_share_weighted_square_of_the_centre_logits(
-    demo_setup: tuple[dict, PromptBuilder],
+@pytest.mark.parametrize(
+    ("loss", "by_hand"),
+    # centring: the share-weighted square of the centre logits; ratio: the squared log error
+    # of the count the heads' attention says
+    [(centring_loss, _centre_logits_squared), (ratio_loss, _ratio_error_squared)],
+    ids=["centring", "ratio"],
+)
+def test_count_head_losses_match_their_definition_from_the_captured_q_and_k(
+    demo_setup: tuple[dict, PromptBuilder], loss: Callable, by_hand: Callable
 ) -> None:
-    got, want = _by_hand(demo_setup, "count", centring_loss, _centre_logits_squared)
+    got, want = _by_hand(demo_setup, "count", loss, by_hand)
     assert want > 0
     assert got == pytest.approx(want, rel=1e-4)
-    # no count answer, nothing to centre
-    assert _by_hand(demo_setup, "color", centring_loss, _centre_logits_squared) == (0.0, 0.0)
-
-
-def test_ratio_loss_is_the_squared_log_error_of_the_count_the_heads_attention_says(
-    demo_setup: tuple[dict, PromptBuilder],
-) -> None:
-    got, want = _by_hand(demo_setup, "count", ratio_loss, _ratio_error_squared)
-    assert want > 0
-    assert got == pytest.approx(want, rel=1e-4)
-    assert _by_hand(demo_setup, "color", ratio_loss, _ratio_error_squared) == (0.0, 0.0)
+    # no count answer, nothing to hold
+    assert _by_hand(demo_setup, "color", loss, by_hand) == (0.0, 0.0)
 
 
 def _count_probe_batch(

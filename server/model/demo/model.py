@@ -165,6 +165,11 @@ class MoonViT(nn.Module):
             self.hidden, self.heads, vc["intermediate_size"], vc["num_hidden_layers"]
         )
 
+    def merged_tokens(self, grids: list[Grid]) -> list[int]:
+        """How many merged tokens (rows of `forward`'s output) each image of `grids` gives."""
+        kh, kw = self.merge
+        return [(h // kh) * (w // kw) for h, w in grids]
+
     def forward(self, pixel_values: torch.Tensor, grids: list[Grid]) -> torch.Tensor:
         """Packed patches [sum gh*gw, 3, 14, 14] -> merged features [sum gh*gw/4, 4, C].
 

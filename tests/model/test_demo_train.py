@@ -271,13 +271,15 @@ def test_count_probe_teaches_the_vision_tower_to_count_on_pictures_it_never_saw(
         pixels, labels, grids = held
         with torch.no_grad():
             feats = model.multi_modal_projector(model.vision_tower(pixels, grids))
-            return float(probe.count_loss(feats, labels, model.vision_tower.merged_tokens(grids))) / len(grids)
+            sizes = model.vision_tower.merged_tokens(grids)
+            return float(probe.count_loss(feats, labels, sizes)) / len(grids)
 
     before = held_out()
     for step in range(25):
         pixels, labels, grids = _count_probe_batch(builder, range(8 * step, 8 * step + 8))
         feats = model.multi_modal_projector(model.vision_tower(pixels, grids))
-        (probe.count_loss(feats, labels, model.vision_tower.merged_tokens(grids)) / len(grids)).backward()
+        sizes = model.vision_tower.merged_tokens(grids)
+        (probe.count_loss(feats, labels, sizes) / len(grids)).backward()
         opt.step()
         opt.zero_grad()
     assert held_out() < 0.7 * before

@@ -185,6 +185,11 @@ class TokenProbe(nn.Module):
             self.centre(feats.float())[:, 0], labels[:, 1].clamp(max=1), reduction="sum"
         )
 
+    def count_logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """[tokens] the count head's attention logit of each token against the sink's: a
+        linear read of the RMS-normed key of its RMS-normed features (see count_loss)."""
+        return self.count_logit(_rms(self.count_key(_rms(feats.float()))))[:, 0] - self.count_sink
+
     def count_loss(
         self, feats: torch.Tensor, labels: torch.Tensor, sizes: list[int]
     ) -> torch.Tensor:
@@ -197,8 +202,7 @@ class TokenProbe(nn.Module):
         it in the same way, and a per-token probe leaves the sum of many tokens' small errors to
         chance: fitted on the features of a run without this loss, such a head counted 0.78 of
         held-out pictures right."""
-        logits = self.count_logit(_rms(self.count_key(_rms(feats.float()))))[:, 0]
-        logits = logits - self.count_sink
+        logits = self.count_logits(feats)
         total = logits.new_zeros(())
         start = 0
         for size in sizes:
@@ -603,8 +607,7 @@ def probe_count_accuracy(
     batch = preprocess_images([s.images[0] for s in samples], builder.cfg)
     grids = [(int(h), int(w)) for h, w in batch["image_grid_hws"]]
     feats = model.multi_modal_projector(model.vision_tower(batch["pixel_values"], grids))
-    logits = probe.count_logit(_rms(probe.count_key(_rms(feats.float()))))[:, 0] - probe.count_sink
-    parts = logits.split(model.vision_tower.merged_tokens(grids))
+    parts = probe.count_logits(feats).split(model.vision_tower.merged_tokens(grids))
     right = sum(
         round(float(torch.logsumexp(part, -1).exp())) == len(s.scenes[0])
         for part, s in zip(parts, samples, strict=True)

@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
@@ -469,6 +470,36 @@ def ratio_loss(model: KimiVL, tb: TrainBatch) -> torch.Tensor:
     return (ratio - want).pow(2).sum()
 
 
+def distil_loss(
+    model: KimiVL, probe: TokenProbe, tb: TrainBatch, feats: torch.Tensor
+) -> torch.Tensor:
+    """Summed over the count's answers and the focus heads: the squared error of each image
+    token's attention logit against the sink's, taken against the count probe's logit for that
+    token (TokenProbe.count_logits, minus the log of the head's COUNT_SINK_WEIGHTS), weighted
+    by the token's share of the probe's attention on the picture. The ratio loss only asks
+    for the right sum; this tells the heads which token should get how much."""
+    attn = model.language_model.model.layers[FOCUS_LAYER].self_attn
+    assert isinstance(attn, MLA)
+    counted = tb.focus_uniform & (tb.focus_sink >= 0)
+    if not bool(counted.any()):
+        return torch.zeros(())
+    rows, cols, sink = tb.focus_rows[counted], tb.focus_cols[counted], tb.focus_sink[counted]
+    media = tb.batch.input_ids == model.media_pad_id
+    probe_logits = torch.zeros(media.shape)
+    probe_logits[media] = probe.count_logits(feats.detach()).detach()
+    at = torch.arange(len(rows))
+    logits = attention_logits(attn, rows, cols, FOCUS_HEADS)  # [K, heads, L]
+    relative = logits - logits[at, :, sink][:, :, None]
+    image = tb.focus[counted, 0].clone()
+    image[at, sink] = False
+    want = (
+        probe_logits[rows][:, None, :]
+        - torch.tensor(COUNT_SINK_WEIGHTS[:FOCUS_HEADS]).log()[None, :, None]
+    )
+    share = torch.softmax(probe_logits[rows].masked_fill(~image, float("-inf")), dim=-1)
+    return (share[:, None, :] * (relative - want).pow(2)).sum()
+
+
 def let_through(
     items: list[Encoded], count_through: float, other_through: float
 ) -> torch.Tensor | None:
@@ -502,6 +533,7 @@ def train_step(
     other_through: float = 0.0,
     centring_weight: float = 0.0,
     ratio_weight: float = 0.0,
+    distil_weight: float = 0.0,
     count_probe_weight: float = 0.0,
 ) -> tuple[float, float, float]:
     """Accumulate gradients over micro-batches; returns (mean loss per target token, mean probe
@@ -516,6 +548,7 @@ def train_step(
             or shortcut_weight > 0
             or centring_weight > 0
             or ratio_weight > 0
+            or distil_weight > 0
         )
         attns.append(attn)
     answers = sum(len(e.focus) for e in items)
@@ -544,6 +577,9 @@ def train_step(
         if ratio_weight > 0:
             ratio = ratio_loss(model, tb) / max(1, answers)
             objective = objective + ratio_weight * ratio
+        if distil_weight > 0 and probe is not None and feats is not None:
+            distilled = distil_loss(model, probe, tb, feats) / max(1, answers)
+            objective = objective + distil_weight * distilled
         if value_weight > 0 and probe is not None:
             looks = model.language_model.model.layers[FOCUS_LAYER].self_attn
             assert isinstance(looks, MLA)
@@ -569,6 +605,16 @@ def train_step(
     return loss_sum / total, probe_sum / max(1, image_tokens), focus_sum
 
 
+def picture_features(
+    model: KimiVL, images: list[Image.Image], cfg: ImageProcessorConfig
+) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """The projected features [tokens, H] of `images` (the processor's pipeline, the vision
+    tower, the projector: what the decoder gets) and their patch grids."""
+    batch = preprocess_images(images, cfg)
+    grids = [(int(h), int(w)) for h, w in batch["image_grid_hws"]]
+    return model.multi_modal_projector(model.vision_tower(batch["pixel_values"], grids)), grids
+
+
 @torch.no_grad()
 def shape_accuracy(
     model: KimiVL, probe: TokenProbe, builder: PromptBuilder, samples: list[Sample]
@@ -585,8 +631,7 @@ def shape_accuracy(
         pixels = torch.from_numpy(e.pixel_values)
         logp = probe.shape(model.multi_modal_projector(model.vision_tower(pixels, e.grids)).float())
         logp = logp.log_softmax(-1)
-        kh, kw = builder.cfg.merge_kernel_size
-        starts = np.cumsum([0] + [(h // kh) * (w // kw) for h, w in e.grids])
+        starts = np.cumsum([0, *model.vision_tower.merged_tokens(e.grids)])
         for i in range(len(e.grids)):
             cls = labels[starts[i] : starts[i + 1], 0].astype(np.int64)
             for c in np.unique(cls[cls > 0]):
@@ -607,9 +652,7 @@ def probe_count_accuracy(
     have: how well the vision features support the count's focus heads."""
     was_training = model.training
     model.eval()
-    batch = preprocess_images([s.images[0] for s in samples], builder.cfg)
-    grids = [(int(h), int(w)) for h, w in batch["image_grid_hws"]]
-    feats = model.multi_modal_projector(model.vision_tower(batch["pixel_values"], grids))
+    feats, grids = picture_features(model, [s.images[0] for s in samples], builder.cfg)
     parts = probe.count_logits(feats).split(model.vision_tower.merged_tokens(grids))
     right = sum(
         round(float(torch.logsumexp(part, -1).exp())) == len(s.scenes[0])
@@ -670,10 +713,7 @@ def pretrain_vision(
                 np.concatenate([token_labels(s, builder.cfg) for s in samples])
             ).float()
             # Pictures only: the vision side needs no prompt.
-            batch = preprocess_images([s.images[0] for s in samples], builder.cfg)
-            pixels = batch["pixel_values"]
-            grids = [(int(h), int(w)) for h, w in batch["image_grid_hws"]]
-            feats = model.multi_modal_projector(model.vision_tower(pixels, grids))
+            feats, grids = picture_features(model, [s.images[0] for s in samples], builder.cfg)
             loss = probe.what_loss(feats, labels) + probe.where_loss(feats, labels)
             loss = (loss + probe.centre_loss(feats, labels)) / len(labels)
             if args.count_probe_weight > 0 and make is picture:  # see the docstring
@@ -888,6 +928,7 @@ def train(args: argparse.Namespace) -> dict:
             other_through=args.other_through,
             centring_weight=args.centring_weight,
             ratio_weight=args.ratio_weight,
+            distil_weight=args.distil_weight,
             count_probe_weight=args.count_probe_weight,
         )
         torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
@@ -1027,6 +1068,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=1.0,
         help="weight of the count's focus heads' squared log-ratio error (ratio_loss; 0: none)",
+    )
+    ap.add_argument(
+        "--distil-weight",
+        type=float,
+        default=1.0,
+        help="weight of the count heads' per-token match to the count probe (distil_loss; 0: none)",
     )
     ap.add_argument(
         "--count-probe-weight",

@@ -207,7 +207,8 @@ class TokenProbe(nn.Module):
         token's normed features (as a decoder key nearly is; the focus heads' log error sd 0.11
         instead of 0.12, the model 0.815); and that, plus the focus heads taught each image
         token's logit against the sink from this head's, weighted by its share (sd 0.096, a
-        1-D read of their ratio 0.883, the model 0.83: the answer lost what the heads gained)."""
+        1-D read of their ratio 0.883, the model 0.83: the answer lost what the heads gained;
+        with --value-weight 1.0 on top, 0.80)."""
         logits = self.count_logits(feats)
         total = logits.new_zeros(())
         start = 0

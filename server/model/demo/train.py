@@ -537,6 +537,19 @@ def count_head_loss(
     return total + (v[k, sink] - 1.0).pow(2).sum()
 
 
+def count_early_loss(model: KimiVL, first: torch.Tensor, tb: TrainBatch) -> torch.Tensor:
+    """Summed cross-entropy of each count answer read from the output of decoder layer
+    COUNT_LAYER (`first`, [B, L, H]) through the final norm and the head: the layer whose head
+    says the count (count_head_loss) learns at once to turn it into the digit."""
+    counted = tb.focus_uniform & (tb.focus_sink >= 0)
+    if not bool(counted.any()):
+        return torch.zeros(())
+    lm = model.language_model
+    hidden = first[tb.focus_rows[counted], tb.focus_cols[counted]]
+    logits = lm.lm_head(lm.model.norm(hidden)).float()
+    return F.cross_entropy(logits, tb.focus_targets[counted], reduction="sum")
+
+
 def let_through(
     items: list[Encoded], count_through: float, other_through: float
 ) -> torch.Tensor | None:
@@ -572,6 +585,7 @@ def train_step(
     ratio_weight: float = 0.0,
     count_probe_weight: float = 0.0,
     count_head_weight: float = 0.0,
+    count_early_weight: float = 0.0,
 ) -> tuple[float, float, float]:
     """Accumulate gradients over micro-batches; returns (mean loss per target token, mean probe
     loss per image token, mean focus loss per answer)."""
@@ -593,7 +607,13 @@ def train_step(
     image_tokens = sum(len(e.labels) for e in items if e.labels is not None)
     images = sum(len(e.grids) for e in items if e.labels is not None)
     loss_sum = probe_sum = focus_sum = 0.0
+    first: list[torch.Tensor] = []  # layer COUNT_LAYER's output (count_early_loss)
+    hook = None
+    if count_early_weight > 0:
+        block = model.language_model.model.layers[COUNT_LAYER]
+        hook = block.register_forward_hook(lambda _m, _i, out: first.append(out))
     for chunk in micro_batches(items, budget):
+        first.clear()
         tb = collate(chunk, 0, model.media_pad_id, words, turn_id)
         through = let_through(chunk, count_through, other_through)
         logits, feats, mid, early = forward(model, tb, detach_vision, early_weight > 0, through)
@@ -635,10 +655,15 @@ def train_step(
             if count_head_weight > 0:
                 copied = count_head_loss(model, probe, feats, tb) / max(1, answers)
                 objective = objective + count_head_weight * copied
+        if first:
+            early_count = count_early_loss(model, first[0], tb) / max(1, answers)
+            objective = objective + count_early_weight * early_count
         objective.backward()
         loss_sum += float(loss.detach())
     for attn in attns:
         attn.capture, attn.captured = False, None
+    if hook is not None:
+        hook.remove()
     return loss_sum / total, probe_sum / max(1, image_tokens), focus_sum
 
 
@@ -967,6 +992,7 @@ def train(args: argparse.Namespace) -> dict:
             ratio_weight=args.ratio_weight,
             count_probe_weight=args.count_probe_weight,
             count_head_weight=args.count_head_weight,
+            count_early_weight=args.count_early_weight,
         )
         torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
         opt.step()
@@ -989,6 +1015,9 @@ def train(args: argparse.Namespace) -> dict:
                 f" held-out: {line}"
             )
     train_s = time.perf_counter() - started
+    if args.vision_pretrain:
+        counted = probe_count_accuracy(model, probe, builder, pictures)
+        print(f"held-out pictures counted by the count probe after training {counted:.3f}")  # noqa: T201
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -1119,6 +1148,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1.0,
         help="weight of layer COUNT_LAYER's count head copying the count probe (count_head_loss; "
         "0: none)",
+    )
+    ap.add_argument(
+        "--count-early-weight",
+        type=float,
+        default=0.5,
+        help="weight of the count's answers read from layer COUNT_LAYER's output "
+        "(count_early_loss; 0: none)",
     )
     ap.add_argument(
         "--diagnose",

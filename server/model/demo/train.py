@@ -913,7 +913,11 @@ def train(args: argparse.Namespace) -> dict:
             other_through=args.other_through,
             centring_weight=args.centring_weight,
             ratio_weight=args.ratio_weight,
-            count_probe_weight=args.count_probe_weight,
+            count_probe_weight=(
+                args.count_probe_weight
+                if args.late_count_probe_weight < 0
+                else args.late_count_probe_weight
+            ),
         )
         torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
         opt.step()
@@ -936,6 +940,9 @@ def train(args: argparse.Namespace) -> dict:
                 f" held-out: {line}"
             )
     train_s = time.perf_counter() - started
+    if args.vision_pretrain:
+        counted = probe_count_accuracy(model, probe, builder, pictures)
+        print(f"held-out pictures counted by the count probe after training {counted:.3f}")  # noqa: T201
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -1059,6 +1066,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1.0,
         help="weight of the vision side's attention-shaped count probe (TokenProbe.count_loss; "
         "0: none)",
+    )
+    ap.add_argument(
+        "--late-count-probe-weight",
+        type=float,
+        default=-1.0,
+        help="the count probe's weight in stage 2, where the decoder's losses also move the "
+        "features (-1: --count-probe-weight)",
     )
     ap.add_argument(
         "--diagnose",

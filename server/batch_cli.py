@@ -5,8 +5,10 @@ The input is OpenAI's batch input format (one request per line: `custom_id`, `me
 (`id`, `custom_id`, `response: {status_code, request_id, body}`, `error`), one line per request,
 failures included. The engine runs in this process (no HTTP), with the same request handling as
 the server, `--concurrency` requests at a time (default: 4 x the engine's max_num_seqs). Every line
-is appended and flushed as its request finishes, so an interrupted run loses nothing: running
-the same command again skips the `custom_id`s already in the output file. Any server flag
+is appended and flushed as its request finishes, so an interrupted run loses nothing: after a
+Ctrl-C (status 130) or an engine death (status 1; the requests it was running get no line and
+the rest are cancelled), running the same command again skips the `custom_id`s already in the
+output file. Any server flag
 (`--model`, `--preset`, `--max-model-len`, …) configures the engine; with none, the built-in
 checkpoint is used, as with `kimi-vl-serve`.
 """
@@ -21,7 +23,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +84,7 @@ async def run(args: argparse.Namespace, settings_argv: list[str]) -> int:
     from server.app import batch_services, create_app
     from server.cli import parse_settings
     from server.engine.vllm_engine import VLLMEngine
-    from server.errors import APIError
+    from server.errors import APIError, EngineDead
     from server.serving.batches import ENDPOINTS, result_line
 
     requests = read_requests(args.input)
@@ -121,6 +123,8 @@ async def run(args: argparse.Namespace, settings_argv: list[str]) -> int:
                     except APIError as exc:
                         if interrupt.received:  # the engine may be dying of the same Ctrl-C
                             raise asyncio.CancelledError from exc
+                        if isinstance(exc, EngineDead):  # not this request's answer: stop
+                            raise EngineDeadError("the engine died") from exc
                         failed += 1
                         body = exc.envelope().model_dump()
                         result = result_line(request_id, line["custom_id"], exc.status_code, body)
@@ -129,7 +133,7 @@ async def run(args: argparse.Namespace, settings_argv: list[str]) -> int:
                 bar.update(1)
 
             started = time.perf_counter()
-            await asyncio.gather(*(one(n, line) for n, line in todo))
+            await _all_or_none([one(n, line) for n, line in todo])
             bar.close()
         took = time.perf_counter() - started
         sys.stderr.write(
@@ -149,6 +153,19 @@ async def run(args: argparse.Namespace, settings_argv: list[str]) -> int:
         finally:
             interrupt.restore()
     return 0
+
+
+async def _all_or_none(jobs: list[Coroutine[Any, Any, None]]) -> None:
+    """Run `jobs` concurrently; the first to fail cancels the others (a dead engine would fail
+    each of them) before its exception is raised."""
+    tasks = [asyncio.ensure_future(job) for job in jobs]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 class Interrupt:

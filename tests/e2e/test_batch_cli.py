@@ -1,6 +1,7 @@
 """`kimi-vl-batch` end to end on the tiny checkpoint: every custom_id answered once in OpenAI's
 output format (failures too), a rerun after losing lines does only what is missing, a finished
-file needs no engine, and a bad input line stops the run with its number."""
+file needs no engine, a bad input line stops the run with its number, and neither a Ctrl-C nor
+an engine death leaves a line for a request it cut short."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.e2e.conftest import REPO
@@ -82,24 +84,62 @@ def test_offline_batch_runs_resumes_and_checks_its_input(tmp_path: Path) -> None
     assert bad.returncode == 2 and "Line 2 of the batch file is invalid" in bad.stderr
 
 
+def start_and_wait_for_lines(
+    tmp: Path, source: Path, out: Path, lines: int
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """The runner, in a session of its own, once `lines` lines are in `out`; and its log."""
+    argv, env = command(tmp, "-i", str(source), "-o", str(out), "--concurrency", "4")
+    log = tmp / "first.log"
+    with open(log, "wb") as sink:
+        process = subprocess.Popen(
+            argv, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    deadline = time.monotonic() + 300
+    while not out.exists() or out.read_text().count("\n") < lines:
+        assert process.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.1)
+    return process, log
+
+
+def test_an_engine_death_stops_the_run_without_recording_its_victims(tmp_path: Path) -> None:
+    """The engine core killed mid-run: the runner exits 1 at once, says how to go on, and has
+    written only real answers (a 503 line for a request the dying engine failed would make
+    the rerun skip it); the same command then does the rest."""
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    total = 60
+    source.write_text("".join(line(f"r{i}", max_tokens=8) for i in range(total)))
+    process, log = start_and_wait_for_lines(tmp_path, source, out, 5)
+    try:
+        (core,) = [
+            p for p in psutil.Process(process.pid).children(recursive=True)
+            if "EngineCore" in p.name()
+        ]  # fmt: skip
+        core.kill()
+        assert process.wait(timeout=60) == 1, log.read_text()[-3000:]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert "the engine died" in log.read_text() and "run the same command again" in log.read_text()
+    before = outputs(out)
+    assert 5 <= len(before) < total
+    assert [r["response"]["status_code"] for r in before] == [200] * len(before)  # type: ignore[index]
+
+    second = run(tmp_path, "-i", str(source), "-o", str(out))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"{len(before)} were done before" in second.stderr and "0 failed" in second.stderr
+    ids = [r["custom_id"] for r in outputs(out)]
+    assert len(ids) == total and set(ids) == {f"r{i}" for i in range(total)}
+
+
 def test_ctrl_c_then_rerun_answers_each_request_once(tmp_path: Path) -> None:
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) mid-run: the runner
     stops with status 130 and whole lines only; the same command then does just the rest."""
     source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     total = 60
     source.write_text("".join(line(f"r{i}", max_tokens=8) for i in range(total)))
-    argv, env = command(tmp_path, "-i", str(source), "-o", str(out), "--concurrency", "4")
-    log = tmp_path / "first.log"
-    with open(log, "wb") as sink:
-        process = subprocess.Popen(
-            argv, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    process, log = start_and_wait_for_lines(tmp_path, source, out, 5)
     try:
-        deadline = time.monotonic() + 300
-        while not out.exists() or out.read_text().count("\n") < 5:
-            assert process.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.1)
         os.killpg(process.pid, signal.SIGINT)
         assert process.wait(timeout=60) == 130, log.read_text()[-3000:]
     finally:

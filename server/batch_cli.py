@@ -8,9 +8,8 @@ the server, `--concurrency` requests at a time (default: 4 x the engine's max_nu
 is appended and flushed as its request finishes, so an interrupted run loses nothing: after a
 Ctrl-C (status 130) or an engine death (status 1; the requests it was running get no line and
 the rest are cancelled), running the same command again skips the `custom_id`s already in the
-output file. Any server flag
-(`--model`, `--preset`, `--max-model-len`, …) configures the engine; with none, the built-in
-checkpoint is used, as with `kimi-vl-serve`.
+output file. Any server flag (`--model`, `--preset`, `--max-model-len`, …) configures the
+engine; with none, the built-in checkpoint is used, as with `kimi-vl-serve`.
 """
 
 from __future__ import annotations

@@ -94,11 +94,16 @@ def start_and_wait_for_lines(
         process = subprocess.Popen(
             argv, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
         )
-    deadline = time.monotonic() + 300
-    while not out.exists() or out.read_text().count("\n") < lines:
-        assert process.poll() is None, log.read_text()[-3000:]
-        assert time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.1)
+    try:
+        deadline = time.monotonic() + 300
+        while not out.exists() or out.read_text().count("\n") < lines:
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        raise
     return process, log
 
 

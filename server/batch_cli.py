@@ -22,12 +22,13 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from server.aio import gather_or_cancel
 from server.engine.contract import EngineDeadError
 
 PROG = "kimi-vl-batch"
@@ -132,7 +133,7 @@ async def run(args: argparse.Namespace, settings_argv: list[str]) -> int:
                 bar.update(1)
 
             started = time.perf_counter()
-            await _all_or_none([one(n, line) for n, line in todo])
+            await gather_or_cancel(one(n, line) for n, line in todo)
             bar.close()
         took = time.perf_counter() - started
         sys.stderr.write(
@@ -152,19 +153,6 @@ async def run(args: argparse.Namespace, settings_argv: list[str]) -> int:
         finally:
             interrupt.restore()
     return 0
-
-
-async def _all_or_none(jobs: list[Coroutine[Any, Any, None]]) -> None:
-    """Run `jobs` concurrently; the first to fail cancels the others (a dead engine would fail
-    each of them) before its exception is raised."""
-    tasks = [asyncio.ensure_future(job) for job in jobs]
-    try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
 
 
 class Interrupt:

@@ -31,9 +31,14 @@ from server.model.demo.model import MLA, KimiVL
 from server.model.demo.prompt import Encoded, PromptBuilder
 from server.model.demo.tasks import make_sample
 from server.model.demo.train import (
+    COUNT_HEAD,
+    COUNT_LAYER,
+    COUNT_RATIO_SCALE,
     FOCUS_LAYER,
     TokenProbe,
     centring_loss,
+    count_heads_loss,
+    count_shortcut_loss,
     forward,
     load_builder,
     parse_args,
@@ -41,6 +46,8 @@ from server.model.demo.train import (
     ratio_loss,
     sha256,
     train,
+    train_count_heads,
+    train_readout,
     train_step,
 )
 from server.model.image_processing import preprocess_images
@@ -48,7 +55,8 @@ from server.model.image_processing import preprocess_images
 REPO = Path(__file__).resolve().parents[2]
 STEPS = ["--steps", "14", "--batch-size", "8", "--warmup", "2", "--lr", "3e-3",
          "--vision-pretrain", "20", "--pretrain-batch", "8",
-         "--vision-pictures", "6", "--picture-batch", "4"]  # fmt: skip
+         "--vision-pictures", "6", "--picture-batch", "4",
+         "--count-heads-steps", "3", "--readout-steps", "3"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +109,7 @@ def test_training_is_deterministic_for_a_seed(tmp_path: Path) -> None:
         train(parse_args(["--out", str(out), "--steps", "2", "--batch-size", "4", "--threads", "1",
                           "--vision-pretrain", "2", "--pretrain-batch", "4",
                           "--vision-pictures", "2", "--picture-batch", "2",
+                          "--count-heads-steps", "2", "--readout-steps", "2",
                           "--eval-every", "0", "--final-n", "1"]))  # fmt: skip
         return out
 
@@ -238,6 +247,95 @@ def test_count_head_losses_match_their_definition_from_the_captured_q_and_k(
     assert got == pytest.approx(want, rel=1e-4)
     # no count answer, nothing to hold
     assert _by_hand(demo_setup, "color", loss, by_hand) == (0.0, 0.0)
+
+
+def _count_heads_by_hand(
+    demo_setup: tuple[dict, PromptBuilder], task: str
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """count_heads_loss and count_shortcut_loss on one `task` encoding, and both written out
+    by hand from the count heads' captured q, k and v."""
+    model, items, words, turn = _model_and_batch(demo_setup, task)
+    attn = model.language_model.model.layers[COUNT_LAYER].self_attn
+    assert isinstance(attn, MLA)
+    lm = model.language_model
+    tb = collate(items, 0, model.media_pad_id, words, turn)
+    attn.capture = True
+    try:
+        with torch.no_grad():
+            forward(model, tb)
+            got = (float(count_heads_loss(model, tb)), float(count_shortcut_loss(model, tb)))
+            assert attn.captured is not None
+            q, k, v = attn.captured
+            spread_and_ratio = answer = 0.0
+            for j in range(len(tb.focus_rows)):
+                if not (tb.focus_uniform[j] and tb.focus_sink[j] >= 0):
+                    continue
+                row, col, sink = int(tb.focus_rows[j]), int(tb.focus_cols[j]), int(tb.focus_sink[j])
+                image = (tb.batch.input_ids[row] == model.media_pad_id)[: col + 1]
+                centres = tb.focus_share[j, : col + 1].clone()
+                centres[sink] = 0
+                outs = []
+                for h, weight in enumerate(COUNT_SINK_WEIGHTS):
+                    head = COUNT_HEAD + h
+                    logits = k[row, head, : col + 1] @ q[row, head, col] / q.shape[-1] ** 0.5
+                    weights = torch.softmax(logits, dim=-1)
+                    want = centres.clone()
+                    want[sink] = weight
+                    want = want / want.sum()
+                    on = want > 0
+                    spread_and_ratio -= float((want[on] * weights[on].log()).sum())
+                    said = float(weights[image].sum() / weights[sink])  # in sink units
+                    shapes = float(centres.sum())
+                    spread_and_ratio += (
+                        COUNT_RATIO_SCALE * (math.log(said) - math.log(shapes / weight)) ** 2
+                    )
+                    outs.append(weights @ v[row, head, : col + 1])
+                columns = slice(COUNT_HEAD * attn.vdim, (COUNT_HEAD + 2) * attn.vdim)
+                hidden = attn.o_proj.weight[:, columns] @ torch.cat(outs)
+                logp = torch.log_softmax(lm.lm_head(lm.model.norm(hidden)), dim=-1)
+                answer -= float(logp[tb.focus_targets[j]])
+    finally:
+        attn.capture, attn.captured = False, None
+    return got, (spread_and_ratio, answer)
+
+
+def test_count_heads_losses_match_their_definition_from_the_captured_q_k_and_v(
+    demo_setup: tuple[dict, PromptBuilder],
+) -> None:
+    """The count heads (layer COUNT_LAYER): their spread against the centres and the weighted
+    sink, their log ratio over all of the picture's tokens, and the answer read from their
+    outputs alone."""
+    got, want = _count_heads_by_hand(demo_setup, "count")
+    assert min(want) > 0
+    assert got == pytest.approx(want, rel=1e-4)
+    # no count answer, nothing to hold
+    assert _count_heads_by_hand(demo_setup, "color") == ((0.0, 0.0), (0.0, 0.0))
+
+
+def _changed(before: dict[str, torch.Tensor], model: KimiVL) -> set[str]:
+    return {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
+
+
+def test_count_heads_stage_trains_the_count_layers_attention_alone_and_the_readout_the_decoder(
+    demo_setup: tuple[dict, PromptBuilder],
+) -> None:
+    tok, builder = demo_setup
+    torch.manual_seed(0)
+    model = KimiVL(checkpoint.demo_config(tok))
+    words = question_words(builder)
+    args = parse_args(["--out", "unused", "--count-heads-steps", "2", "--readout-steps", "2",
+                       "--batch-size", "2"])  # fmt: skip
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train_count_heads(model, builder, words, args)
+    attention = f"language_model.model.layers.{COUNT_LAYER}.self_attn."
+    changed = _changed(start, model)
+    assert changed and all(n.startswith(attention) for n in changed)
+    assert all(p.requires_grad for p in model.parameters())  # given back
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train_readout(model, builder, words, args)
+    changed = _changed(start, model)
+    assert changed and all(n.startswith("language_model.") for n in changed)
+    assert all(p.requires_grad for p in model.parameters())
 
 
 def _count_probe_batch(

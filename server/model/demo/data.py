@@ -146,10 +146,17 @@ def follow_ups(sample: Sample, rng: np.random.Generator) -> list[tuple[str, str]
     return [others[i] for i in order]
 
 
-def draw(run_seed: int, index: int, tasks: tuple[str, ...] = TASKS) -> Draw:
+def draw(
+    run_seed: int,
+    index: int,
+    tasks: tuple[str, ...] = TASKS,
+    task_weights: dict[str, float] | None = None,
+) -> Draw:
+    """The index-th training draw of a run: a task (by `task_weights`, default TASK_WEIGHTS)
+    and a sample of it, how it is asked, and its follow-up questions."""
     seed = train_seed(run_seed, index)
     rng = np.random.default_rng([seed, 7])
-    weights = np.array([TASK_WEIGHTS[t] for t in tasks])
+    weights = np.array([(task_weights or TASK_WEIGHTS)[t] for t in tasks])
     task = tasks[int(rng.choice(len(tasks), p=weights / weights.sum()))]
     sample = make_sample(task, seed)
     if sample.frames and rng.random() < VIDEO_ROUND_TRIP_FRACTION:

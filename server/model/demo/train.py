@@ -4,7 +4,7 @@
 
 Deterministic for a seed (and thread count) on one machine (another day's rerun of the shipped
 recipe gave slightly different weights): weights start from torch.manual_seed(seed), and
-training draw i of the run is a pure function of (seed, i). Two stages. Stage 1
+training draw i of the run is a pure function of (seed, i). Four stages. Stage 1
 (`--vision-pretrain` steps): the vision tower and projector alone learn each token's colour and
 shape on small canvases (`pretrain_vision`). Stage 2 (`--steps`): each step draws `--batch-size`
 samples (tasks mixed by weight; most continue as a conversation with up to three more
@@ -27,7 +27,11 @@ whose attention over a picture's tokens, against a fixed sink, sums to its numbe
 (with both, the count on 600 held-out pictures went from 0.79 to 0.86). The position table
 of the vision tower starts with x and y waves (model.position_init). AdamW with
 warm-up and cosine decay; after every step the MoE routers' correction biases move towards
-balanced expert load. The checkpoint is written to DIR with a manifest.json holding sha256
+balanced expert load. Stage 3 (`--count-heads-steps`, `train_count_heads`): on count pictures
+alone, decoder layer 0's attention learns two more heads that count (`count_heads_loss`) and
+an answer read from them (`count_shortcut_loss`). Stage 4 (`--readout-steps`,
+`train_readout`): the decoder learns every task again, the count drawn more often, so that the
+answer reads those heads. The checkpoint is written to DIR with a manifest.json holding sha256
 of every file, the command, seed, steps, wall time and the held-out accuracy per task of the
 exported (bf16) weights.
 """
@@ -56,6 +60,7 @@ from server.model.demo import checkpoint
 from server.model.demo.data import (
     COUNT_SINK_WEIGHTS,
     FOCUS_HEADS,
+    TASK_WEIGHTS,
     Draw,
     TrainBatch,
     canvas,
@@ -301,25 +306,37 @@ def focus_reads(attn: MLA, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tens
 
 
 def attention_logits(
-    attn: MLA, rows: torch.Tensor, cols: torch.Tensor, heads: int, *, detach: bool = False
+    attn: MLA,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    heads: int,
+    *,
+    detach: bool = False,
+    first: int = 0,
 ) -> torch.Tensor:
-    """[K, heads, L] attention logits of the first `heads` heads of `attn` (its captured q and
-    k) at the K positions (rows, cols), before the causal mask."""
+    """[K, heads, L] attention logits of `heads` heads of `attn` from head `first` on (its
+    captured q and k) at the K positions (rows, cols), before the causal mask."""
     assert attn.captured is not None
     q, k, _ = attn.captured
-    qs = q[rows, :heads, cols].float()  # [K, heads, D]
-    ks = k[rows, :heads].float()  # [K, heads, L, D]
+    qs = q[rows, first : first + heads, cols].float()  # [K, heads, D]
+    ks = k[rows, first : first + heads].float()  # [K, heads, L, D]
     if detach:
         qs, ks = qs.detach(), ks.detach()
     return torch.einsum("khd,khld->khl", qs, ks) * qs.shape[-1] ** -0.5
 
 
 def attention_logp(
-    attn: MLA, rows: torch.Tensor, cols: torch.Tensor, heads: int, *, detach: bool = False
+    attn: MLA,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    heads: int,
+    *,
+    detach: bool = False,
+    first: int = 0,
 ) -> torch.Tensor:
-    """[K, heads, L] log attention weights of the first `heads` heads of `attn` (its captured
-    q and k) at the K positions (rows, cols), causal."""
-    logits = attention_logits(attn, rows, cols, heads, detach=detach)
+    """[K, heads, L] log attention weights of `heads` heads of `attn` from head `first` on (its
+    captured q and k) at the K positions (rows, cols), causal."""
+    logits = attention_logits(attn, rows, cols, heads, detach=detach, first=first)
     causal = torch.arange(logits.shape[-1])[None, :] <= cols[:, None]  # [K, L]
     return torch.log_softmax(logits.masked_fill(~causal[:, None], float("-inf")), dim=-1)
 
@@ -503,6 +520,76 @@ def ratio_loss(model: KimiVL, tb: TrainBatch) -> torch.Tensor:
     return (ratio - want).pow(2).sum()
 
 
+# Decoder layer and first of the two heads taught to count (count_heads_loss): layer 0, whose
+# image keys come from each token's own vision feature, reads the count better than the focus
+# heads of FOCUS_LAYER do.
+COUNT_LAYER = 0
+COUNT_HEAD = 2
+
+
+def _count_reads(
+    model: KimiVL, tb: TrainBatch
+) -> tuple[MLA, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The count's answers of `tb`: layer COUNT_LAYER's attention, the answers' indices into
+    tb.focus_*, and the count heads' log attention weights there [K, 2, L]; None: no count."""
+    attn = model.language_model.model.layers[COUNT_LAYER].self_attn
+    assert isinstance(attn, MLA)
+    counted = (tb.focus_uniform & (tb.focus_sink >= 0)).nonzero()[:, 0]
+    if counted.numel() == 0:
+        return None
+    rows, cols = tb.focus_rows[counted], tb.focus_cols[counted]
+    logp = attention_logp(attn, rows, cols, len(COUNT_SINK_WEIGHTS), first=COUNT_HEAD)
+    return attn, counted, rows, cols, logp
+
+
+def count_heads_loss(model: KimiVL, tb: TrainBatch) -> torch.Tensor:
+    """Summed over the count's answers and the two count heads (layer COUNT_LAYER, heads
+    COUNT_HEAD and the next): the cross-entropy of the attention against the count's even
+    spread (each shape's centre share, COUNT_SINK_WEIGHTS[head] shapes' worth on the sink),
+    plus COUNT_RATIO_SCALE times the squared log error of the count it says: the summed
+    attention on all of the picture's tokens against the sink's, which should be
+    n / COUNT_SINK_WEIGHTS[head] for n shapes."""
+    got = _count_reads(model, tb)
+    if got is None:
+        return torch.zeros(())
+    _, counted, rows, _, logp = got
+    at = torch.arange(len(rows))
+    sink = tb.focus_sink[counted]
+    share = tb.focus_share[counted].clone()
+    share[at, sink] = 0.0
+    n = share.sum(-1)  # the shapes' centres: one per shape
+    image = tb.batch.input_ids[rows] == model.media_pad_id  # [K, L]
+    total = torch.zeros(())
+    for head, weight in enumerate(COUNT_SINK_WEIGHTS):
+        lp = logp[:, head]
+        want = share.clone()
+        want[at, sink] = weight
+        want = want / want.sum(-1, keepdim=True)
+        total = total - (want * lp.masked_fill(want == 0, 0.0)).sum()
+        ratio = torch.logsumexp(lp.masked_fill(~image, float("-inf")), -1) - lp[at, sink]
+        total = total + COUNT_RATIO_SCALE * (ratio - (n / weight).log()).pow(2).sum()
+    return total
+
+
+def count_shortcut_loss(model: KimiVL, tb: TrainBatch) -> torch.Tensor:
+    """Summed cross-entropy of the count's answer read from the two count heads alone (their
+    outputs, with the attention weights detached, through their columns of o_proj, the final
+    norm and the head), as shortcut_loss does for the focus heads."""
+    got = _count_reads(model, tb)
+    if got is None:
+        return torch.zeros(())
+    attn, counted, rows, _, logp = got
+    assert attn.captured is not None
+    heads = len(COUNT_SINK_WEIGHTS)
+    v = attn.captured[2][rows, COUNT_HEAD : COUNT_HEAD + heads].float()  # [K, heads, L, D]
+    out = torch.einsum("khl,khld->khd", logp.detach().exp(), v).reshape(len(rows), -1)
+    columns = slice(COUNT_HEAD * attn.vdim, (COUNT_HEAD + heads) * attn.vdim)
+    hidden = out @ attn.o_proj.weight[:, columns].t()
+    lm = model.language_model
+    logits = lm.lm_head(lm.model.norm(hidden)).float()
+    return F.cross_entropy(logits, tb.focus_targets[counted], reduction="sum")
+
+
 def let_through(
     items: list[Encoded], count_through: float, other_through: float
 ) -> torch.Tensor | None:
@@ -537,20 +624,25 @@ def train_step(
     centring_weight: float = 0.0,
     ratio_weight: float = 0.0,
     count_probe_weight: float = 0.0,
+    count_heads_weight: float = 0.0,
+    count_shortcut_weight: float = 0.0,
 ) -> tuple[float, float, float]:
     """Accumulate gradients over micro-batches; returns (mean loss per target token, mean probe
     loss per image token, mean focus loss per answer)."""
     attns: list[MLA] = []
-    for i in (FOCUS_LAYER, ASK_LAYER):
+    capture = (
+        focus_weight > 0
+        or value_weight > 0
+        or shortcut_weight > 0
+        or centring_weight > 0
+        or ratio_weight > 0
+        or count_heads_weight > 0
+        or count_shortcut_weight > 0
+    )
+    for i in sorted({FOCUS_LAYER, ASK_LAYER, COUNT_LAYER}):
         attn = model.language_model.model.layers[i].self_attn
         assert isinstance(attn, MLA)
-        attn.capture = (
-            focus_weight > 0
-            or value_weight > 0
-            or shortcut_weight > 0
-            or centring_weight > 0
-            or ratio_weight > 0
-        )
+        attn.capture = capture
         attns.append(attn)
     answers = sum(len(e.focus) for e in items)
     total = sum(len(e.target_ids) if e.target_mask is None else sum(e.target_mask) for e in items)
@@ -578,6 +670,12 @@ def train_step(
         if ratio_weight > 0:
             ratio = ratio_loss(model, tb) / max(1, answers)
             objective = objective + ratio_weight * ratio
+        if count_heads_weight > 0:
+            counting = count_heads_loss(model, tb) / max(1, answers)
+            objective = objective + count_heads_weight * counting
+        if count_shortcut_weight > 0:
+            short = count_shortcut_loss(model, tb) / max(1, answers)
+            objective = objective + count_shortcut_weight * short
         if value_weight > 0 and probe is not None:
             looks = model.language_model.model.layers[FOCUS_LAYER].self_attn
             assert isinstance(looks, MLA)
@@ -739,6 +837,121 @@ def pretrain_vision(
             bar.set_postfix(loss=f"{ema:.3f}")
 
 
+# Where the later stages' draws start, far past stage 2's (steps x batch size).
+COUNT_HEADS_DRAWS = 100_000_000
+READOUT_DRAWS = 200_000_000
+
+
+def _tasks(args: argparse.Namespace) -> tuple[str, ...]:
+    """The tasks a run trains on (--tasks, default all)."""
+    return tuple(args.tasks.split(",")) if args.tasks else TASKS
+
+
+def _only(model: KimiVL, params: list[nn.Parameter]) -> dict[nn.Parameter, bool]:
+    """Lets only `params` of `model` learn; returns every parameter's requires_grad before."""
+    before = {p: p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    return before
+
+
+def train_count_heads(
+    model: KimiVL, builder: PromptBuilder, words: dict[int, int], args: argparse.Namespace
+) -> None:
+    """Stage 3: layer COUNT_LAYER's attention alone learns on count pictures
+    (`--count-heads-steps` steps of `--batch-size`): its two count heads' spread and log ratio
+    (count_heads_loss) and the answer read from them (count_shortcut_loss), with the answer's
+    own loss. In stage 2 the count is one question in seven and the features still move; the
+    count heads learn it there far less well (log error sd 0.15-0.16, FOCUS_LAYER's docstring)
+    than here."""
+    if args.count_heads_steps <= 0 or "count" not in _tasks(args):
+        return
+    attn = model.language_model.model.layers[COUNT_LAYER].self_attn
+    assert isinstance(attn, MLA)
+    params = list(attn.parameters())
+    before = _only(model, params)
+    opt = torch.optim.AdamW(params, lr=args.count_heads_lr, betas=(0.9, 0.98), weight_decay=0.0)
+    steps = args.count_heads_steps
+    bar = tqdm(range(steps), desc="count heads", file=sys.stdout, dynamic_ncols=True)
+    ema = None
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, steps, args.count_heads_lr, 20)
+        draws = [
+            draw(args.seed, COUNT_HEADS_DRAWS + step * args.batch_size + i, ("count",))
+            for i in range(args.batch_size)
+        ]
+        loss, _, _ = train_step(
+            model,
+            encode_draws(builder, draws),
+            args.tokens_per_micro_batch,
+            detach_vision=True,
+            words=words,
+            turn_id=builder.ids["<|im_user|>"],
+            count_heads_weight=args.count_heads_weight,
+            count_shortcut_weight=args.count_shortcut_weight,
+        )
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema = loss if ema is None else 0.95 * ema + 0.05 * loss
+        bar.set_postfix(loss=f"{ema:.3f}")
+    for p, kept in before.items():
+        p.requires_grad_(kept)
+
+
+def train_readout(
+    model: KimiVL, builder: PromptBuilder, words: dict[int, int], args: argparse.Namespace
+) -> None:
+    """Stage 4: the decoder learns on every task again (`--readout-steps` steps of
+    `--batch-size`, the vision side fixed), with the count drawn `--readout-count-weight` times
+    as often as TASK_WEIGHTS says: the answer learns to read the count heads of stage 3 (which
+    keep their losses), and the layers that stage moved settle back for the other tasks."""
+    if args.readout_steps <= 0:
+        return
+    lm = model.language_model
+    params = [p for p in lm.parameters() if p.requires_grad]
+    before = _only(model, params)
+    opt = torch.optim.AdamW(params, lr=args.readout_lr, betas=(0.9, 0.98), weight_decay=0.01)
+    weights = {**TASK_WEIGHTS, "count": TASK_WEIGHTS["count"] * args.readout_count_weight}
+    steps = args.readout_steps
+    bar = tqdm(range(steps), desc="readout", file=sys.stdout, dynamic_ncols=True)
+    ema = None
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, steps, args.readout_lr, 20)
+        draws = [
+            draw(args.seed, READOUT_DRAWS + step * args.batch_size + i, _tasks(args), weights)
+            for i in range(args.batch_size)
+        ]
+        loss, _, _ = train_step(
+            model,
+            encode_draws(builder, draws),
+            args.tokens_per_micro_batch,
+            focus_weight=args.focus_weight,
+            detach_vision=True,
+            words=words,
+            turn_id=builder.ids["<|im_user|>"],
+            early_weight=args.early_weight,
+            shortcut_weight=args.shortcut_weight,
+            centring_weight=args.centring_weight,
+            ratio_weight=args.ratio_weight,
+            count_heads_weight=args.count_heads_weight,
+            count_shortcut_weight=args.count_shortcut_weight,
+        )
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        for moe in model.moe_layers():
+            moe.balance(BALANCE_RATE)
+        ema = loss if ema is None else 0.95 * ema + 0.05 * loss
+        bar.set_postfix(loss=f"{ema:.3f}")
+    for p, kept in before.items():
+        p.requires_grad_(kept)
+
+
 @torch.no_grad()
 def diagnose(
     model: KimiVL,
@@ -898,7 +1111,7 @@ def train(args: argparse.Namespace) -> dict:
         lr=args.lr,
         betas=(0.9, 0.98),
     )
-    subset = tuple(args.tasks.split(",")) if args.tasks else TASKS
+    subset = _tasks(args)
     words = question_words(builder)
     pretrain_vision(model, probe, builder, args)
     if args.vision_pretrain:
@@ -960,6 +1173,8 @@ def train(args: argparse.Namespace) -> dict:
                 f"step {step + 1} loss {ema:.4f} probe {probe_ema:.4f} focus {focus_ema:.3f}"
                 f" held-out: {line}"
             )
+    train_count_heads(model, builder, words, args)
+    train_readout(model, builder, words, args)
     train_s = time.perf_counter() - started
 
     out: Path = args.out
@@ -1084,6 +1299,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1.0,
         help="weight of the vision side's attention-shaped count probe (TokenProbe.count_loss; "
         "0: none)",
+    )
+    ap.add_argument(
+        "--count-heads-steps",
+        type=int,
+        default=2000,
+        help="stage 3: steps on count pictures for layer COUNT_LAYER's attention alone (0: none)",
+    )
+    ap.add_argument("--count-heads-lr", type=float, default=1e-3)
+    ap.add_argument(
+        "--count-heads-weight",
+        type=float,
+        default=2.0,
+        help="stages 3 and 4: weight of the count heads' spread and log ratio (count_heads_loss)",
+    )
+    ap.add_argument(
+        "--count-shortcut-weight",
+        type=float,
+        default=1.0,
+        help="stages 3 and 4: weight of the count's answer read from the count heads alone",
+    )
+    ap.add_argument(
+        "--readout-steps",
+        type=int,
+        default=600,
+        help="stage 4: steps on every task for the decoder alone (0: none)",
+    )
+    ap.add_argument("--readout-lr", type=float, default=3e-4)
+    ap.add_argument(
+        "--readout-count-weight",
+        type=float,
+        default=4.0,
+        help="stage 4: how many times more often than in stage 2 the count is drawn",
     )
     ap.add_argument(
         "--diagnose",

@@ -316,20 +316,30 @@ def _changed(before: dict[str, torch.Tensor], model: KimiVL) -> set[str]:
     return {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
 
 
-def test_count_heads_stage_trains_the_count_layers_attention_alone_and_the_readout_the_decoder(
+def test_count_heads_stage_trains_the_count_layers_attention_and_vision_and_the_readout_the_decoder(
     demo_setup: tuple[dict, PromptBuilder],
 ) -> None:
     tok, builder = demo_setup
     torch.manual_seed(0)
     model = KimiVL(checkpoint.demo_config(tok))
     words = question_words(builder)
+    attention = f"language_model.model.layers.{COUNT_LAYER}.self_attn."
+    vision = ("vision_tower.", "multi_modal_projector.")
+    fixed = parse_args(["--out", "unused", "--count-heads-steps", "2", "--batch-size", "2",
+                        "--count-heads-vision-lr", "0"])  # fmt: skip
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train_count_heads(model, builder, words, fixed)
+    changed = _changed(start, model)
+    assert changed and all(n.startswith(attention) for n in changed)
     args = parse_args(["--out", "unused", "--count-heads-steps", "2", "--readout-steps", "2",
                        "--batch-size", "2"])  # fmt: skip
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     train_count_heads(model, builder, words, args)
-    attention = f"language_model.model.layers.{COUNT_LAYER}.self_attn."
     changed = _changed(start, model)
-    assert changed and all(n.startswith(attention) for n in changed)
+    assert any(n.startswith(attention) for n in changed)
+    assert any(n.startswith(vision[0]) for n in changed)
+    assert any(n.startswith(vision[1]) for n in changed)
+    assert all(n.startswith((attention, *vision)) for n in changed)
     assert all(p.requires_grad for p in model.parameters())  # given back
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     train_readout(model, builder, words, args)

@@ -886,15 +886,20 @@ def train_count_heads(
         return
     attn = model.language_model.model.layers[COUNT_LAYER].self_attn
     assert isinstance(attn, MLA)
-    params = list(attn.parameters())
-    before = _only(model, params)
-    opt = torch.optim.AdamW(params, lr=args.count_heads_lr, betas=(0.9, 0.98), weight_decay=0.0)
+    heads = list(attn.parameters())
+    vision = [*model.vision_tower.parameters(), *model.multi_modal_projector.parameters()]
+    sees = args.count_heads_vision_lr > 0
+    before = _only(model, heads + vision if sees else heads)
+    groups = [{"params": heads, "peak": args.count_heads_lr}]
+    if sees:
+        groups.append({"params": vision, "peak": args.count_heads_vision_lr})
+    opt = torch.optim.AdamW(groups, betas=(0.9, 0.98), weight_decay=0.0)
     steps = args.count_heads_steps
     bar = tqdm(range(steps), desc="count heads", file=sys.stdout, dynamic_ncols=True)
     ema = None
     for step in bar:
         for group in opt.param_groups:
-            group["lr"] = learning_rate(step, steps, args.count_heads_lr, 20)
+            group["lr"] = learning_rate(step, steps, group["peak"], 20)
         draws = [
             draw(args.seed, COUNT_HEADS_DRAWS + step * args.batch_size + i, ("count",))
             for i in range(args.batch_size)
@@ -908,8 +913,9 @@ def train_count_heads(
             turn_id=builder.ids["<|im_user|>"],
             count_heads_weight=args.count_heads_weight,
             count_shortcut_weight=args.count_shortcut_weight,
+            count_through=1.0 if sees else 0.0,
         )
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(heads + vision if sees else heads, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         ema = loss if ema is None else 0.95 * ema + 0.05 * loss
@@ -1320,9 +1326,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--count-heads-steps",
         type=int,
         default=2000,
-        help="stage 3: steps on count pictures for layer COUNT_LAYER's attention alone (0: none)",
+        help="stage 3: steps on count pictures for layer COUNT_LAYER's attention and the vision "
+        "side (0: none)",
     )
     ap.add_argument("--count-heads-lr", type=float, default=1e-3)
+    ap.add_argument(
+        "--count-heads-vision-lr",
+        type=float,
+        default=5e-4,
+        help="stage 3: peak learning rate of the vision tower and projector, which the count's "
+        "losses reach there (0: the vision side stays fixed)",
+    )
     ap.add_argument(
         "--count-heads-weight",
         type=float,

@@ -1321,7 +1321,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--count-heads-steps",
         type=int,
-        default=2000,
+        default=1500,
         help="stage 3: steps on count pictures for layer COUNT_LAYER's attention and the vision "
         "side (0: none)",
     )

@@ -876,8 +876,10 @@ def train_count_heads(
     attention fixed, nor the digits' output rows fitted to convergence counted above 0.893.
     With the vision side learning at 2e-4: sd 0.064, 0.933 after this stage and after stage 4
     (benchmarks/demo_accuracy.py's 100 count questions: 0.90); at 5e-4: sd 0.057, 0.943 after
-    this stage, 0.937 after stage 4 (served: 0.92, every other task 0.97-0.99). The stage takes
-    about a third longer (3.4 steps a second instead of 4.5)."""
+    this stage, 0.937 after stage 4 (served: 0.92, every other task 0.97-0.99). The vision
+    backward pass makes a step up to twice as slow: from scratch with 2000 steps at 5e-4 the
+    training took 45.5 minutes (served count 0.92 of the default 100, 0.94 of 300 others), so
+    the recipe takes 1500 (38.5 minutes; 0.89 and 0.93)."""
     if args.count_heads_steps <= 0 or "count" not in _tasks(args):
         return
     attn = model.language_model.model.layers[COUNT_LAYER].self_attn

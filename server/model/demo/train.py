@@ -31,9 +31,9 @@ balanced expert load. Stage 3 (`--count-heads-steps`, `train_count_heads`): on c
 alone, decoder layer 0's attention learns two more heads that count (`count_heads_loss`) and
 an answer read from them (`count_shortcut_loss`), and the vision side learns from those losses
 too. Stage 4 (`--readout-steps`, `train_readout`): the decoder learns every task again, the
-count drawn more often, so that the answer reads those heads. The checkpoint is written to DIR with a manifest.json holding sha256
-of every file, the command, seed, steps, wall time and the held-out accuracy per task of the
-exported (bf16) weights.
+count drawn more often, so that the answer reads those heads. The checkpoint is written to DIR
+with a manifest.json holding sha256 of every file, the command, seed, steps, wall time and the
+held-out accuracy per task of the exported (bf16) weights.
 """
 
 from __future__ import annotations

@@ -316,7 +316,7 @@ def _changed(before: dict[str, torch.Tensor], model: KimiVL) -> set[str]:
     return {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
 
 
-def test_count_heads_stage_trains_the_count_layers_attention_and_vision_and_the_readout_the_decoder(
+def test_count_heads_stage_trains_the_count_layers_attention_and_vision_the_readout_decoder_and_vision(
     demo_setup: tuple[dict, PromptBuilder],
 ) -> None:
     tok, builder = demo_setup
@@ -341,10 +341,20 @@ def test_count_heads_stage_trains_the_count_layers_attention_and_vision_and_the_
     assert any(n.startswith(vision[1]) for n in changed)
     assert all(n.startswith((attention, *vision)) for n in changed)
     assert all(p.requires_grad for p in model.parameters())  # given back
+    decoder_only = parse_args(["--out", "unused", "--readout-steps", "2", "--batch-size", "2",
+                               "--readout-vision-lr", "0"])  # fmt: skip
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train_readout(model, builder, words, decoder_only)
+    changed = _changed(start, model)
+    assert changed and all(n.startswith("language_model.") for n in changed)
+    assert all(p.requires_grad for p in model.parameters())
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     train_readout(model, builder, words, args)
     changed = _changed(start, model)
-    assert changed and all(n.startswith("language_model.") for n in changed)
+    assert any(n.startswith("language_model.") for n in changed)
+    assert any(n.startswith(vision[0]) for n in changed)
+    assert any(n.startswith(vision[1]) for n in changed)
+    assert all(n.startswith(("language_model.", *vision)) for n in changed)
     assert all(p.requires_grad for p in model.parameters())
 
 

@@ -31,7 +31,8 @@ balanced expert load. Stage 3 (`--count-heads-steps`, `train_count_heads`): on c
 alone, decoder layer 0's attention learns two more heads that count (`count_heads_loss`) and
 an answer read from them (`count_shortcut_loss`), and the vision side learns from those losses
 too. Stage 4 (`--readout-steps`, `train_readout`): the decoder learns every task again, the
-count drawn more often, so that the answer reads those heads. The checkpoint is written to DIR
+count drawn more often, so that the answer reads those heads, and the vision side learns
+slowly from every task's losses. The checkpoint is written to DIR
 with a manifest.json holding sha256 of every file, the command, seed, steps, wall time and the
 held-out accuracy per task of the exported (bf16) weights.
 """
@@ -1368,7 +1369,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--readout-steps",
         type=int,
         default=600,
-        help="stage 4: steps on every task for the decoder alone (0: none)",
+        help="stage 4: steps on every task for the decoder and the vision side (0: none)",
     )
     ap.add_argument("--readout-lr", type=float, default=3e-4)
     ap.add_argument(

@@ -134,6 +134,8 @@ def test_export_loads_in_our_class_through_vllm(smoke: tuple[Path, dict], tmp_pa
     parity = json.loads(result.read_text())
     assert parity["prompt_ids_identical"] == 1.0
     assert parity["max_first_token_logprob_diff"] < 1e-3
+    assert parity["max_chosen_token_logprob_diff"] <= parity["max_first_token_logprob_diff"]
+    assert 0 <= parity["worst_first_token"]["index"] < 7
     assert parity["answers_agree"] >= 6 / 7
 
 

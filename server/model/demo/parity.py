@@ -5,8 +5,9 @@
 Held-out questions go to vLLM's offline engine as the server sends them (prompt ids with one
 pad per image block or one video block, plus the media; frames with their timestamps), and to
 the training model as the already expanded sequence. Reported: prompt ids identical after the
-processor's expansion, greedy answers identical, and the largest difference of first-token
-log-probabilities over vLLM's top-5 tokens. Runs vLLM in this process (call it in a fresh one).
+processor's expansion, greedy answers identical, the largest difference of first-token
+log-probabilities over vLLM's top-5 tokens (and over the chosen tokens alone), and the question
+where the top-5 differ most. Runs vLLM in this process (call it in a fresh one).
 """
 
 from __future__ import annotations
@@ -81,9 +82,10 @@ def run(model_dir: Path, n: int, dtype: str, threads: int = 2) -> dict:
         mine += generate(model, full[k : k + 8], end, 0, MAX_NEW_TOKENS)
 
     same_prompt = same_answer = correct_engine = correct_ours = 0
-    worst = 0.0
+    worst = chosen = 0.0
+    worst_at: dict = {}
     mismatches = []
-    for s, f, o, g in zip(samples, full, outs, mine, strict=True):
+    for i, (s, f, o, g) in enumerate(zip(samples, full, outs, mine, strict=True)):
         same_prompt += list(o.prompt_token_ids or []) == f.prompt_ids
         engine_answer = builder.answer_from(list(o.outputs[0].token_ids))
         our_answer = builder.answer_from(g.token_ids)
@@ -94,7 +96,12 @@ def run(model_dir: Path, n: int, dtype: str, threads: int = 2) -> dict:
             mismatches.append({"task": s.task, "engine": engine_answer, "ours": our_answer})
         first_step = o.outputs[0].logprobs[0]  # type: ignore[index]
         for tok, lp in first_step.items():
-            worst = max(worst, abs(lp.logprob - float(g.first_logprobs[tok])))
+            diff = abs(lp.logprob - float(g.first_logprobs[tok]))
+            if tok == o.outputs[0].token_ids[0]:
+                chosen = max(chosen, diff)
+            if diff >= worst:
+                worst = diff
+                worst_at = {"index": i, "task": s.task, "rank": lp.rank, "logprob": lp.logprob}
     return {
         "n": len(samples),
         "dtype": dtype,
@@ -103,6 +110,8 @@ def run(model_dir: Path, n: int, dtype: str, threads: int = 2) -> dict:
         "engine_accuracy": correct_engine / len(samples),
         "training_impl_accuracy": correct_ours / len(samples),
         "max_first_token_logprob_diff": worst,
+        "max_chosen_token_logprob_diff": chosen,
+        "worst_first_token": worst_at,
         "mismatches": mismatches[:20],
     }
 

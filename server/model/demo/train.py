@@ -32,9 +32,9 @@ alone, decoder layer 0's attention learns two more heads that count (`count_head
 an answer read from them (`count_shortcut_loss`), and the vision side learns from those losses
 too. Stage 4 (`--readout-steps`, `train_readout`): the decoder learns every task again, the
 count drawn more often, so that the answer reads those heads, and the vision side learns
-slowly from every task's losses. The checkpoint is written to DIR
-with a manifest.json holding sha256 of every file, the command, seed, steps, wall time and the
-held-out accuracy per task of the exported (bf16) weights.
+slowly from every task's losses. The checkpoint is written to DIR with a manifest.json holding
+sha256 of every file, the command, seed, steps, wall time and the held-out accuracy per task of
+the exported (bf16) weights.
 """
 
 from __future__ import annotations
@@ -759,6 +759,11 @@ def probe_count_accuracy(
     return right / max(1, len(samples))
 
 
+def vision_params(model: KimiVL) -> list[nn.Parameter]:
+    """The vision side's parameters: the vision tower's and the projector's."""
+    return [*model.vision_tower.parameters(), *model.multi_modal_projector.parameters()]
+
+
 def pretrain_vision(
     model: KimiVL, probe: TokenProbe, builder: PromptBuilder, args: argparse.Namespace
 ) -> None:
@@ -794,8 +799,7 @@ def pretrain_vision(
     pictures either way (the count's focus heads' log error sd 0.117, a 1-D read of it 0.88 of
     300): the loss is in the readout from the heads to the digit."""
     params = [
-        *model.vision_tower.parameters(),
-        *model.multi_modal_projector.parameters(),
+        *vision_params(model),
         *probe.color.parameters(),
         *probe.shape.parameters(),
         *probe.where.parameters(),
@@ -891,7 +895,7 @@ def train_count_heads(
     attn = model.language_model.model.layers[COUNT_LAYER].self_attn
     assert isinstance(attn, MLA)
     heads = list(attn.parameters())
-    vision = [*model.vision_tower.parameters(), *model.multi_modal_projector.parameters()]
+    vision = vision_params(model)
     sees = args.count_heads_vision_lr > 0
     learning = heads + vision if sees else heads
     before = _only(model, learning)
@@ -949,7 +953,7 @@ def train_readout(
     groups = [{"params": params, "peak": args.readout_lr}]
     sees = args.readout_vision_lr > 0
     if sees:
-        vision = [*model.vision_tower.parameters(), *model.multi_modal_projector.parameters()]
+        vision = vision_params(model)
         groups.append({"params": vision, "peak": args.readout_vision_lr})
         params = params + vision
     before = _only(model, params)
